@@ -1,0 +1,147 @@
+"""Broker and topic configuration under Kafka's names (``log.segment.bytes``, ``min.insync.replicas``...).
+
+Users write Kafka's dotted keys (in the TOML file under ``[broker]`` or per topic); the code reads
+typed dataclass fields named with units. ``LOG_KEYS`` maps one to the other, so the mapping is
+defined once. Unknown keys are refused with InvalidConfigError, naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shmbroker.errors import InvalidConfigError
+
+DEFAULT_LISTENER = "tcp://127.0.0.1:9093"
+DEFAULT_DATA_DIR = "shmbroker-data"
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """How one partition log rolls, retains, flushes and checks what it is given."""
+
+    segment_bytes: int = 1 << 30  # log.segment.bytes
+    roll_ms: int = 7 * 24 * 3600 * 1000  # log.roll.ms
+    retention_ms: int = 7 * 24 * 3600 * 1000  # log.retention.ms; -1 = keep forever
+    retention_bytes: int = -1  # log.retention.bytes; -1 = no size limit
+    flush_interval_messages: int = 2**63 - 1  # log.flush.interval.messages (Kafka: never, rely on the OS)
+    flush_interval_ms: int = 2**63 - 1  # log.flush.interval.ms
+    index_interval_bytes: int = 4096  # log.index.interval.bytes
+    segment_index_bytes: int = 10 * 1024 * 1024  # log.index.size.max.bytes
+    max_message_bytes: int = 1048588  # max.message.bytes: the largest batch accepted (Kafka's default)
+    preallocate: bool = False  # log.preallocate
+    message_timestamp_type: str = "CreateTime"  # log.message.timestamp.type: CreateTime | LogAppendTime
+
+
+# Kafka key -> (LogConfig field, type). Topic-level keys drop the "log." prefix in Kafka
+# (segment.bytes, retention.ms...); both spellings are accepted.
+LOG_KEYS: dict[str, tuple[str, type]] = {
+    "log.segment.bytes": ("segment_bytes", int),
+    "log.roll.ms": ("roll_ms", int),
+    "log.retention.ms": ("retention_ms", int),
+    "log.retention.bytes": ("retention_bytes", int),
+    "log.flush.interval.messages": ("flush_interval_messages", int),
+    "log.flush.interval.ms": ("flush_interval_ms", int),
+    "log.index.interval.bytes": ("index_interval_bytes", int),
+    "log.index.size.max.bytes": ("segment_index_bytes", int),
+    "max.message.bytes": ("max_message_bytes", int),
+    "log.preallocate": ("preallocate", bool),
+    "log.message.timestamp.type": ("message_timestamp_type", str),
+}
+TOPIC_KEYS: dict[str, tuple[str, type]] = {
+    **LOG_KEYS,
+    **{k.removeprefix("log."): v for k, v in LOG_KEYS.items() if k.startswith("log.")},
+    "message.timestamp.type": ("message_timestamp_type", str),
+}
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError(value)
+                return value.lower() == "true"
+            return bool(value)
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidConfigError(f"{key}={value!r}: expected {kind.__name__}") from exc
+
+
+def log_config_from(settings: Mapping[str, Any], base: LogConfig | None = None) -> LogConfig:
+    """A LogConfig from Kafka-named keys on top of ``base``; unknown keys raise InvalidConfigError."""
+    changes: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key not in TOPIC_KEYS:
+            raise InvalidConfigError(f"unknown topic/log config key {key!r}")
+        name, kind = TOPIC_KEYS[key]
+        changes[name] = _coerce(key, value, kind)
+    config = dataclasses.replace(base or LogConfig(), **changes)
+    if config.segment_bytes < 1024:
+        raise InvalidConfigError(f"log.segment.bytes={config.segment_bytes} is below 1024")
+    if config.message_timestamp_type not in ("CreateTime", "LogAppendTime"):
+        raise InvalidConfigError(
+            f"log.message.timestamp.type={config.message_timestamp_type!r}: CreateTime or LogAppendTime"
+        )
+    return config
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """What ``shmbroker serve`` runs with. Built from defaults, then the TOML file, then CLI flags."""
+
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    listeners: str = DEFAULT_LISTENER  # listeners
+    num_partitions: int = 1  # num.partitions: for topics created without a count
+    auto_create_topics: bool = True  # auto.create.topics.enable
+    lane_bytes: int = 8 << 20  # shm lane data bytes per producer and partition
+    cpu_affinity: bool = False  # pin partition workers round-robin over the cores
+    restart_backoff_ms: int = 200  # first restart delay; doubles per crash up to 5 s
+    max_restarts: int = 5  # crashes within restart_window_ms before the supervisor gives up on a child
+    restart_window_ms: int = 60_000
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+BROKER_KEYS: dict[str, tuple[str, type]] = {
+    "listeners": ("listeners", str),
+    "num.partitions": ("num_partitions", int),
+    "auto.create.topics.enable": ("auto_create_topics", bool),
+    "shm.lane.bytes": ("lane_bytes", int),
+    "cpu.affinity": ("cpu_affinity", bool),
+    "restart.backoff.ms": ("restart_backoff_ms", int),
+    "max.restarts": ("max_restarts", int),
+}
+
+
+def load_broker_config(
+    path: Path | None = None, *, data_dir: Path | None = None, listeners: str | None = None
+) -> BrokerConfig:
+    """Defaults, then ``[broker]`` of the TOML file (Kafka's keys), then the CLI's flags."""
+    settings: dict[str, Any] = {}
+    if path is not None:
+        try:
+            settings = dict(tomllib.loads(Path(path).read_text()).get("broker", {}))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidConfigError(f"cannot read config {path}: {exc}") from exc
+    changes: dict[str, Any] = {}
+    log_settings: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key == "log.dirs" or key == "log.dir":
+            changes["data_dir"] = Path(str(value))
+        elif key in BROKER_KEYS:
+            name, kind = BROKER_KEYS[key]
+            changes[name] = _coerce(key, value, kind)
+        elif key in LOG_KEYS:
+            log_settings[key] = value
+        else:
+            raise InvalidConfigError(f"unknown broker config key {key!r} in {path}")
+    if data_dir is not None:
+        changes["data_dir"] = Path(data_dir)
+    if listeners is not None:
+        changes["listeners"] = listeners
+    changes["log"] = log_config_from(log_settings)
+    return dataclasses.replace(BrokerConfig(), **changes)
