@@ -1,0 +1,100 @@
+"""One client's ZeroMQ DEALER connection to a broker: requests out, replies matched by correlation id.
+
+Used by every client for metadata, admin and lane hand-over, and as the data path when the broker
+is remote. Every call has a deadline: ZeroMQ reconnects silently and drops an oversize message
+without telling the sender, so a reply that does not come is reported as a timeout, never assumed.
+Not thread-safe: one connection per client object, used from the thread that owns the client.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zmq
+
+from shmbroker.config import DEFAULT_LISTENER
+from shmbroker.errors import RequestTimedOutError
+from shmbroker.net.protocol import ApiKey, ClientState, Message
+
+
+def bootstrap_address(config: dict[str, Any]) -> str:
+    """The first address of ``bootstrap.servers``; a bare ``host:port`` means ``tcp://host:port``."""
+    servers = str(config.get("bootstrap.servers", DEFAULT_LISTENER)).split(",")[0].strip()
+    return servers if "://" in servers else f"tcp://{servers}"
+
+
+class Connection:
+    def __init__(self, address: str, *, request_timeout_s: float = 30.0) -> None:
+        self.address = address
+        self.request_timeout_s = request_timeout_s
+        self._context = zmq.Context.instance()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.RCVHWM, 0)  # replies are bounded by what we have in flight
+        self._socket.connect(address)
+        self._state = ClientState()
+        self._early: dict[int, Message] = {}
+
+    def send(self, api: ApiKey, body: dict[str, Any], data: list[Any] | None = None) -> int:
+        """Send a request; its reply comes from ``receive`` or ``call``. Returns the correlation id."""
+        correlation_id, frames = self._state.request(api, body, data)
+        self._socket.send_multipart(frames, copy=False)
+        return correlation_id
+
+    def receive(self, timeout_s: float = 0.0) -> Message | None:
+        """The next reply to arrive, or None when none came within ``timeout_s``."""
+        if self._early:
+            return self._early.pop(next(iter(self._early)))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._socket.poll(remaining_ms, zmq.POLLIN):
+                return None
+            frames = self._socket.recv_multipart(copy=False)
+            reply = self._state.receive([f.buffer for f in frames])
+            if reply is not None:
+                return reply
+            if time.monotonic() >= deadline:
+                return None
+
+    def call(
+        self,
+        api: ApiKey,
+        body: dict[str, Any],
+        data: list[Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> Message:
+        """Send and wait for this request's reply; raise its typed error, or RequestTimedOutError."""
+        correlation_id = self.send(api, body, data)
+        timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._state.forget(correlation_id)
+                raise RequestTimedOutError(
+                    f"no reply to {api.name} from {self.address} within {timeout_s:.1f} s "
+                    "(is `shmbroker serve` running there?)"
+                )
+            if not self._socket.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
+                continue
+            frames = self._socket.recv_multipart(copy=False)
+            reply = self._state.receive([f.buffer for f in frames])
+            if reply is None:
+                continue
+            if reply.correlation_id == correlation_id:
+                reply.raise_for_error()
+                return reply
+            self._early[reply.correlation_id] = reply  # someone else's reply: keep it for receive()
+
+    def forget(self, correlation_id: int) -> None:
+        self._state.forget(correlation_id)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._state.in_flight)
+
+    def close(self) -> None:
+        self._socket.close(0)

@@ -1,0 +1,391 @@
+"""Consumer, shaped like confluent_kafka.Consumer, for assigned partitions (no group needed).
+
+On the broker's host a partition is read straight from its segment files (read-only mmap) up to
+the high watermark the worker publishes in the partition's shared-memory control block: no request
+to anyone per read. Elsewhere (or with ``shmbroker.transport=zmq``) it is read with FETCH requests
+that long-poll up to ``fetch.max.wait.ms``. Either way whole batches arrive and are decoded here;
+records below the position (a batch may start before it) are skipped.
+
+``consume_columnar`` is the fast path: whole batches as columns (numpy offsets, one data buffer)
+without a Python object per record. Consumer groups (``subscribe``, ``commit``) are issue 5's; until
+then they raise KafkaException(_NOT_IMPLEMENTED) with a plain message. Not thread-safe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from shmbroker import records
+from shmbroker.client.config import ConsumerConfig
+from shmbroker.client.transport import TransportFactory
+from shmbroker.client.types import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    OFFSET_INVALID,
+    OFFSET_STORED,
+    TIMESTAMP_CREATE_TIME,
+    TIMESTAMP_LOG_APPEND_TIME,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from shmbroker.disk.reader import LogReader
+from shmbroker.errors import BrokerError, OffsetOutOfRangeError
+from shmbroker.net.protocol import ApiKey
+from shmbroker.ring.control import ControlReader
+
+SPIN_S = 0.0002  # busy-check the high watermark this long before sleeping: low latency, bounded CPU
+SLEEP_S = 0.0001
+
+
+class _Assigned:
+    """One assigned partition: its position and (local path) its reader and control block."""
+
+    def __init__(self, topic: str, partition: int, position: int) -> None:
+        self.topic, self.partition, self.position = topic, partition, position
+        self.reader: LogReader | None = None
+        self.control: ControlReader | None = None
+        self.paused = False
+
+
+class Consumer:
+    def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self._config = ConsumerConfig.from_dict({**(config or {}), **kwargs})
+        self._transports = TransportFactory(self._config.common)
+        self._assigned: dict[tuple[str, int], _Assigned] = {}
+        self._ready: deque[Message] = deque()
+        self._max_uncompressed = max(self._config.fetch_max_bytes, 64 << 20)
+        self._closed = False
+
+    # -- assignment ---------------------------------------------------------------------------------
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self._check_open()
+        self.unassign()
+        for tp in partitions:
+            self._add(tp)
+
+    def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._add(tp)
+
+    def _add(self, tp: TopicPartition) -> None:
+        info = self._offsets(tp.topic, tp.partition, -1)
+        part = _Assigned(tp.topic, tp.partition, 0)
+        if self._transports.local:
+            part.reader = LogReader(info["directory"])
+            part.control = ControlReader.attach(info["control"])
+        self._assigned[(tp.topic, tp.partition)] = part
+        part.position = self._resolve(part, tp.offset, info)
+
+    def _resolve(self, part: _Assigned, offset: int, info: dict[str, Any]) -> int:
+        if offset == OFFSET_BEGINNING:
+            return int(info["log_start_offset"])
+        if offset == OFFSET_END:
+            return int(info["high_watermark"])
+        if offset in (OFFSET_STORED, OFFSET_INVALID) or offset < 0:
+            # No group, so nothing is stored: auto.offset.reset decides, as in Kafka.
+            if self._config.auto_offset_reset == "error":
+                raise KafkaException(
+                    KafkaError(
+                        KafkaError._NO_OFFSET,
+                        f"no committed offset for {part.topic}-{part.partition} and auto.offset.reset=error",
+                    )
+                )
+            return int(
+                info["log_start_offset" if self._config.auto_offset_reset == "earliest" else "high_watermark"]
+            )
+        return offset
+
+    def unassign(self) -> None:
+        for part in self._assigned.values():
+            if part.reader is not None:
+                part.reader.close()
+            if part.control is not None:
+                part.control.close()
+        self._assigned.clear()
+        self._ready.clear()
+
+    def incremental_unassign(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            part = self._assigned.pop((tp.topic, tp.partition), None)
+            if part is not None and part.reader is not None:
+                part.reader.close()
+        self._ready = deque(m for m in self._ready if (m.topic(), m.partition()) in self._assigned)
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(p.topic, p.partition) for p in self._assigned.values()]
+
+    def seek(self, partition: TopicPartition) -> None:
+        part = self._part(partition)
+        info = self._offsets(part.topic, part.partition, -1)
+        part.position = self._resolve(part, partition.offset, info)
+        self._ready = deque(
+            m for m in self._ready if (m.topic(), m.partition()) != (part.topic, part.partition)
+        )
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        out = []
+        for tp in partitions:
+            part = self._assigned.get((tp.topic, tp.partition))
+            out.append(
+                TopicPartition(tp.topic, tp.partition, OFFSET_INVALID if part is None else part.position)
+            )
+        return out
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._part(tp).paused = True
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._part(tp).paused = False
+
+    # -- reading --------------------------------------------------------------------------------------
+    def poll(self, timeout: float | None = None) -> Message | None:
+        """The next record, or None when none arrived within ``timeout`` seconds (None = forever)."""
+        if not self._ready:
+            self._fill(timeout)
+        return self._ready.popleft() if self._ready else None
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        if not 1 <= num_messages <= 1_000_000:
+            raise ValueError(f"num_messages {num_messages}: 1..1000000")
+        if not self._ready:
+            self._fill(None if timeout is None or timeout < 0 else timeout)
+        out = []
+        while self._ready and len(out) < num_messages:
+            out.append(self._ready.popleft())
+        return out
+
+    def consume_columnar(
+        self, timeout: float = -1, max_bytes: int | None = None
+    ) -> list[tuple[str, int, records.ColumnarRecords]]:
+        """Whole batches as columns: [(topic, partition, ColumnarRecords)] (records below the position
+        are not cut out of the first batch: use ``offsets >= position``). Advances past what it returns."""
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        while True:
+            out = []
+            for part, view in self._read_all(max_bytes):
+                for batch in records.iter_columnar(view, max_uncompressed_bytes=self._max_uncompressed):
+                    out.append((part.topic, part.partition, batch))
+                    part.position = max(part.position, batch.header.next_offset)
+            if out or not self._wait(deadline):
+                return out
+
+    def _fill(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for part, view in self._read_all(None):
+                self._decode_into(part, view)
+            if self._ready or not self._wait(deadline):
+                return
+
+    def _decode_into(self, part: _Assigned, view: memoryview) -> None:
+        topic, partition, position = part.topic, part.partition, part.position
+        ready = self._ready
+        for batch in records.iter_columnar(view, max_uncompressed_bytes=self._max_uncompressed):
+            kind = (
+                TIMESTAMP_LOG_APPEND_TIME
+                if batch.header.attributes & records.TIMESTAMP_TYPE_BIT
+                else TIMESTAMP_CREATE_TIME
+            )
+            headers = batch.headers
+            for i, (offset, ts, key, value) in enumerate(
+                zip(
+                    batch.offsets.tolist(),
+                    batch.timestamps_ms.tolist(),
+                    batch.keys(),
+                    batch.values(),
+                    strict=True,
+                )
+            ):
+                if offset >= position:
+                    ready.append(
+                        Message(
+                            topic,
+                            partition,
+                            offset,
+                            key,
+                            value,
+                            (kind, ts),
+                            list(headers[i]) if headers and headers[i] else None,
+                        )
+                    )
+            position = max(position, batch.header.next_offset)
+        part.position = position
+
+    def _read_all(self, max_bytes: int | None) -> list[tuple[_Assigned, memoryview]]:
+        active = [p for p in self._assigned.values() if not p.paused]
+        if not active:
+            return []
+        if self._transports.local:
+            out = []
+            for part in active:
+                assert part.control is not None and part.reader is not None
+                _start, hw = part.control.offsets()
+                if part.position < hw:
+                    try:
+                        view = part.reader.read(
+                            part.position, max_bytes or self._config.max_partition_fetch_bytes, upto_offset=hw
+                        )
+                    except OffsetOutOfRangeError:
+                        self._reset_out_of_range(part)
+                        continue
+                    if view is not None:
+                        out.append((part, view))
+            return out
+        return self._fetch_remote(active, max_bytes)
+
+    def _fetch_remote(
+        self, active: list[_Assigned], max_bytes: int | None
+    ) -> list[tuple[_Assigned, memoryview]]:
+        body = {
+            "partitions": [
+                {
+                    "topic": p.topic,
+                    "partition": p.partition,
+                    "offset": p.position,
+                    "max_bytes": self._config.max_partition_fetch_bytes,
+                }
+                for p in active
+            ],
+            "max_bytes": max_bytes or self._config.fetch_max_bytes,
+            "min_bytes": self._config.fetch_min_bytes,
+            "max_wait_ms": self._config.fetch_max_wait_ms,
+        }
+        try:
+            reply = self._transports.connection.call(
+                ApiKey.FETCH, body, timeout_s=self._config.fetch_max_wait_ms / 1000 + 30
+            )
+        except BrokerError as exc:
+            raise KafkaException(KafkaError.from_broker_error(exc)) from exc
+        out = []
+        for entry in reply.body["partitions"]:
+            part = self._assigned.get((entry["topic"], entry["partition"]))
+            if part is None:
+                continue
+            if entry["error_code"] == OffsetOutOfRangeError.kafka_code:
+                self._reset_out_of_range(part)
+            elif entry["frame"] >= 0:
+                out.append((part, reply.data[entry["frame"]]))
+        return out
+
+    def _reset_out_of_range(self, part: _Assigned) -> None:
+        info = self._offsets(part.topic, part.partition, -1)
+        if self._config.auto_offset_reset == "error":
+            raise KafkaException(
+                KafkaError(
+                    KafkaError.OFFSET_OUT_OF_RANGE,
+                    f"offset {part.position} out of range for {part.topic}-{part.partition}",
+                )
+            )
+        part.position = self._resolve(part, OFFSET_INVALID, info)
+
+    def _wait(self, deadline: float | None) -> bool:
+        """Wait a little for new data; False once the deadline has passed."""
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return False
+        if not self._transports.local:
+            return True  # the FETCH long-poll did the waiting
+        spin_until = now + SPIN_S
+        marks = {id(p): p.control.offsets()[1] for p in self._assigned.values() if p.control is not None}
+        while True:
+            for p in self._assigned.values():
+                if p.control is not None and p.control.offsets()[1] != marks.get(id(p)):
+                    return True
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            if now >= spin_until:
+                time.sleep(SLEEP_S)
+                return True
+
+    # -- offsets ----------------------------------------------------------------------------------------
+    def _offsets(self, topic: str, partition: int, timestamp: int) -> dict[str, Any]:
+        try:
+            return dict(
+                self._transports.connection.call(
+                    ApiKey.LIST_OFFSETS, {"topic": topic, "partition": partition, "timestamp": timestamp}
+                ).body
+            )
+        except BrokerError as exc:
+            raise KafkaException(KafkaError.from_broker_error(exc)) from exc
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float | None = None, cached: bool = False
+    ) -> tuple[int, int]:
+        info = self._offsets(partition.topic, partition.partition, -1)
+        return int(info["log_start_offset"]), int(info["high_watermark"])
+
+    def offsets_for_times(
+        self, partitions: list[TopicPartition], timeout: float | None = None
+    ) -> list[TopicPartition]:
+        """For each partition the first offset whose timestamp >= tp.offset (a timestamp in ms)."""
+        return [
+            TopicPartition(
+                tp.topic, tp.partition, int(self._offsets(tp.topic, tp.partition, tp.offset)["offset"])
+            )
+            for tp in partitions
+        ]
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        return self._transports.cluster_metadata(topic, timeout)
+
+    # -- groups: not yet --------------------------------------------------------------------------------
+    def _no_groups(self, what: str) -> KafkaException:
+        return KafkaException(
+            KafkaError(
+                KafkaError._NOT_IMPLEMENTED,
+                f"{what}: consumer groups are not supported by this shmbroker version yet; "
+                "use assign() with explicit partitions and offsets",
+            )
+        )
+
+    def subscribe(
+        self, topics: list[str], on_assign: Any = None, on_revoke: Any = None, on_lost: Any = None
+    ) -> None:
+        raise self._no_groups("subscribe()")
+
+    def unsubscribe(self) -> None:
+        raise self._no_groups("unsubscribe()")
+
+    def commit(
+        self,
+        message: Message | None = None,
+        offsets: list[TopicPartition] | None = None,
+        asynchronous: bool = True,
+    ) -> None:
+        raise self._no_groups("commit()")
+
+    def committed(
+        self, partitions: list[TopicPartition], timeout: float | None = None
+    ) -> list[TopicPartition]:
+        raise self._no_groups("committed()")
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def _part(self, tp: TopicPartition) -> _Assigned:
+        part = self._assigned.get((tp.topic, tp.partition))
+        if part is None:
+            raise KafkaException(KafkaError(KafkaError._STATE, f"{tp.topic}-{tp.partition} is not assigned"))
+        return part
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("Consumer closed")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.unassign()
+        self._transports.close()
+        self._closed = True
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,311 @@
+"""Producer, shaped like confluent_kafka.Producer: ``produce``, ``poll``, ``flush``, ``len()``.
+
+Records accumulate per partition in a BatchBuilder (``append`` only stores; the encoding happens once
+per batch). A batch is sealed when it reaches ``batch.size`` bytes or ``batch.num.messages`` records,
+or in ``poll``/``flush`` once it is ``linger.ms`` old; sealed batches go to the partition's transport
+in order: a shared-memory lane when the broker is on this host, a ZeroMQ request otherwise
+(``shmbroker.transport`` = auto | shm | zmq). A full lane keeps batches queued here; past
+``queue.buffering.max.messages`` undelivered records ``produce`` raises BufferError, exactly as
+confluent-kafka does, and the caller serves deliveries with ``poll``.
+
+Delivery callbacks (``on_delivery(err, msg)``) run inside ``poll``/``flush`` with the record's offset.
+Not thread-safe: one thread per Producer, as with any librdkafka handle used from Python.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shmbroker import records
+from shmbroker.client import transport as tx
+from shmbroker.client.config import ProducerConfig
+from shmbroker.client.partitioner import KeyPartitioner
+from shmbroker.client.types import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Message
+
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+BatchCallback = Callable[[KafkaError | None, str, int, int, int], None]
+
+
+@dataclass
+class _Sealed:
+    """A built batch waiting for the transport, then for its completion."""
+
+    batch: bytearray
+    count: int
+    callbacks: list[Any] | None  # per record: (callback, key, value, timestamp_ms, headers) or None
+    batch_callback: BatchCallback | None = None
+    created_s: float = 0.0
+    sequence: int = 0
+
+
+@dataclass
+class _Partition:
+    topic: str
+    partition: int
+    transport: tx.PartitionTransport
+    builder: records.BatchBuilder | None = None
+    callbacks: list[Any] | None = None
+    opened_s: float = 0.0
+    backlog: deque[_Sealed] = field(default_factory=deque)  # sealed, not yet taken by the transport
+    in_flight: dict[int, _Sealed] = field(default_factory=dict)  # sequence -> batch
+
+
+class Producer:
+    def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self._config = ProducerConfig.from_dict({**(config or {}), **kwargs})
+        self._transports = tx.TransportFactory(self._config.common)
+        self._partitions: dict[tuple[str, int], _Partition] = {}
+        self._topic_partitions: dict[str, int] = {}
+        self._sticky: dict[str, int] = {}
+        self._by_key = KeyPartitioner()
+        self._undelivered = 0
+        self._codec = self._config.codec
+        self._closed = False
+
+    # -- the confluent-kafka API ----------------------------------------------------------------
+    def produce(
+        self,
+        topic: str,
+        value: bytes | str | None = None,
+        key: bytes | str | None = None,
+        partition: int = -1,
+        on_delivery: DeliveryCallback | None = None,
+        timestamp: int = 0,
+        headers: Any = None,
+        callback: DeliveryCallback | None = None,
+    ) -> None:
+        """Queue one record. BufferError when ``queue.buffering.max.messages`` records are undelivered."""
+        if self._undelivered >= self._config.max_queued_messages:
+            self.poll(0)
+            if self._undelivered >= self._config.max_queued_messages:
+                raise BufferError("Local: Queue full")
+        if isinstance(value, str):
+            value = value.encode()
+        if isinstance(key, str):
+            key = key.encode()
+        if value is not None and len(value) > self._config.message_max_bytes:
+            raise KafkaException(
+                KafkaError(
+                    KafkaError.MSG_SIZE_TOO_LARGE,
+                    f"record of {len(value)} bytes exceeds message.max.bytes={self._config.message_max_bytes}",
+                )
+            )
+        if partition < 0:
+            partition = self._choose(topic, key)
+        part = self._partitions.get((topic, partition)) or self._open(topic, partition)
+        builder = part.builder
+        if builder is None:
+            builder = part.builder = records.BatchBuilder()
+            part.opened_s = time.monotonic()
+        if headers is not None and isinstance(headers, dict):
+            headers = list(headers.items())
+        builder.append(value, key, timestamp or None, headers)
+        cb = on_delivery or callback or self._config.on_delivery
+        if cb is not None:
+            if part.callbacks is None:
+                part.callbacks = [None] * (len(builder) - 1)
+            part.callbacks.append((cb, key, value, timestamp, headers))
+        elif part.callbacks is not None:
+            part.callbacks.append(None)
+        self._undelivered += 1
+        if (
+            len(builder) >= self._config.batch_num_messages
+            or builder.size_bytes_estimate >= self._config.batch_size
+        ):
+            self._seal(part)
+            self._send_backlog(part)
+
+    def produce_batch(
+        self,
+        topic: str,
+        values: Sequence[bytes] | np.ndarray,
+        partition: int = -1,
+        keys: Sequence[bytes | None] | None = None,
+        timestamp: int = 0,
+        on_delivery: BatchCallback | None = None,
+    ) -> int:
+        """Queue many records at once (the columnar fast path). Returns how many were queued.
+
+        ``values`` is a list of bytes or a 2-D uint8 array (one fixed-size value per row). The
+        records are split into batches of at most ``batch.num.messages``/``batch.size``; each batch's
+        outcome goes to ``on_delivery(err, topic, partition, base_offset, count)`` in ``poll``/``flush``.
+        """
+        n = len(values)
+        if n == 0:
+            return 0
+        if partition < 0:
+            partition = self._choose(topic, None)
+        part = self._partitions.get((topic, partition)) or self._open(topic, partition)
+        self._seal(part)  # records produced one by one before this call keep their order
+        row_bytes = (values.shape[1] if isinstance(values, np.ndarray) else max(1, len(values[0]))) + 16
+        per_batch = max(1, min(self._config.batch_num_messages, self._config.batch_size // row_bytes))
+        ts = timestamp or int(time.time() * 1000)
+        now = time.monotonic()
+        for start in range(0, n, per_batch):
+            chunk = values[start : start + per_batch]
+            chunk_keys = keys[start : start + per_batch] if keys is not None else None
+            sequence = part.transport.reserve()
+            batch = records.encode_values(
+                chunk,
+                keys=chunk_keys,
+                timestamp_ms=ts,
+                codec=self._codec,
+                producer_id=part.transport.producer_id,
+                base_sequence=sequence & 0x7FFFFFFF,
+            )
+            part.backlog.append(_Sealed(batch, len(chunk), None, on_delivery, now, sequence))
+            self._undelivered += len(chunk)
+        self._send_backlog(part)
+        return n
+
+    def poll(self, timeout: float | None = None) -> int:
+        """Serve delivery callbacks; wait up to ``timeout`` seconds (None = forever) for one."""
+        served = self._service()
+        if served or not timeout:
+            return served
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        while self._undelivered and (deadline is None or time.monotonic() < deadline):
+            wait = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
+            self._transports.wait(wait)
+            served = self._service()
+            if served:
+                return served
+        return 0
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Seal and send everything, wait for its deliveries; return how many are still undelivered."""
+        for part in self._partitions.values():
+            self._seal(part)
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        while self._undelivered:
+            self._service()
+            if not self._undelivered:
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            self._transports.wait(0.05 if remaining is None else min(0.05, remaining))
+        return self._undelivered
+
+    def __len__(self) -> int:
+        return self._undelivered
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        return self._transports.cluster_metadata(topic, timeout)
+
+    def close(self, timeout: float | None = 30.0) -> int:
+        left = self.flush(timeout)
+        self._transports.close()
+        self._closed = True
+        return left
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _partition_count(self, topic: str) -> int:
+        count = self._topic_partitions.get(topic)
+        if count is None:
+            count = self._transports.partition_count(topic, allow_auto_create=self._config.allow_auto_create)
+            self._topic_partitions[topic] = count
+        return count
+
+    def _choose(self, topic: str, key: bytes | None) -> int:
+        count = self._partition_count(topic)
+        if key is not None:
+            return self._by_key(key, count)
+        sticky = self._sticky.get(topic)
+        if sticky is None:  # keyless records stick to one partition per batch, as Kafka's sticky partitioner
+            sticky = self._sticky[topic] = random.randrange(count)
+        return sticky
+
+    def _open(self, topic: str, partition: int) -> _Partition:
+        count = self._partition_count(topic)
+        if not 0 <= partition < count:
+            raise KafkaException(
+                KafkaError(
+                    KafkaError._UNKNOWN_PARTITION,
+                    f"topic {topic!r} has partitions 0..{count - 1}; got {partition}",
+                )
+            )
+        part = _Partition(topic, partition, self._transports.open(topic, partition))
+        self._partitions[(topic, partition)] = part
+        return part
+
+    def _seal(self, part: _Partition) -> None:
+        builder = part.builder
+        if builder is None or len(builder) == 0:
+            return
+        sequence = part.transport.reserve()
+        batch = builder.build(
+            codec=self._codec, producer_id=part.transport.producer_id, base_sequence=sequence & 0x7FFFFFFF
+        )
+        part.backlog.append(_Sealed(batch, len(builder), part.callbacks, None, part.opened_s, sequence))
+        part.builder, part.callbacks = None, None
+        if part.topic in self._sticky:  # move keyless records on after each batch
+            self._sticky[part.topic] = random.randrange(self._partition_count(part.topic))
+
+    def _send_backlog(self, part: _Partition) -> None:
+        while part.backlog:
+            sealed = part.backlog[0]
+            if not part.transport.try_send(sealed.batch, sealed.sequence, acks=self._config.acks):
+                return  # full: keep the order, try again on the next poll
+            part.backlog.popleft()
+            part.in_flight[sealed.sequence] = sealed
+
+    def _service(self) -> int:
+        served = 0
+        linger_s = self._config.linger_ms / 1000
+        now = time.monotonic()
+        for part in self._partitions.values():
+            if part.builder is not None and now - part.opened_s >= linger_s:
+                self._seal(part)
+            if part.backlog:
+                self._send_backlog(part)
+            if part.in_flight:
+                for sequence, base_offset, error in part.transport.poll_completions():
+                    sealed = part.in_flight.pop(sequence, None)
+                    if sealed is not None:
+                        served += self._deliver(part, sealed, base_offset, error)
+            served += self._expire(part, now)
+        return served
+
+    def _expire(self, part: _Partition, now: float) -> int:
+        """Fail batches older than message.timeout.ms (the broker never answered): _MSG_TIMED_OUT."""
+        timeout_s = self._config.message_timeout_ms / 1000
+        expired = 0
+        for sequence in [s for s, b in part.in_flight.items() if now - b.created_s > timeout_s]:
+            sealed = part.in_flight.pop(sequence)
+            part.transport.forget(sequence)
+            expired += self._deliver(
+                part, sealed, -1, KafkaError(KafkaError._MSG_TIMED_OUT, "Local: Message timed out")
+            )
+        return expired
+
+    def _deliver(self, part: _Partition, sealed: _Sealed, base_offset: int, error: KafkaError | None) -> int:
+        self._undelivered -= sealed.count
+        if sealed.batch_callback is not None:
+            sealed.batch_callback(error, part.topic, part.partition, base_offset, sealed.count)
+        if sealed.callbacks is None:
+            return sealed.count
+        topic, partition = part.topic, part.partition
+        for i, entry in enumerate(sealed.callbacks):
+            if entry is None:
+                continue
+            cb, key, value, ts, headers = entry
+            offset = base_offset + i if error is None and base_offset >= 0 else -1001
+            cb(
+                error,
+                Message(topic, partition, offset, key, value, (TIMESTAMP_CREATE_TIME, ts), headers, error),
+            )
+        return sealed.count

@@ -1,0 +1,247 @@
+"""How a client reaches a partition: a shared-memory lane (broker on this host) or ZeroMQ requests.
+
+``TransportFactory`` asks the broker for metadata once; when the broker's host id (the kernel's
+boot id) is ours and its data directory is visible, produce goes through lanes and fetch reads the
+segment files directly. ``shmbroker.transport`` forces either path. Both kinds of partition
+transport have one shape, so the Producer does not know which it has:
+
+    reserve()                       -> sequence for the next batch built (its base_sequence field)
+    try_send(batch, sequence, acks) -> bool (False: full, keep it and retry later, in order)
+    poll_completions()              -> [(sequence, base_offset, KafkaError | None)]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from shmbroker.client.config import CommonConfig
+from shmbroker.client.connection import Connection, bootstrap_address
+from shmbroker.client.types import KafkaError, KafkaException
+from shmbroker.errors import BrokerError, error_for_code
+from shmbroker.net.protocol import ApiKey, Message
+from shmbroker.ring.lane import LaneProducer
+
+MAX_REMOTE_IN_FLIGHT = 64  # produce requests per partition awaiting their reply
+
+
+def _error(code: int, message: str = "") -> KafkaError | None:
+    if code == 0:
+        return None
+    return KafkaError.from_broker_error(error_for_code(code, message))
+
+
+def local_host_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return os.uname().nodename
+
+
+class LaneTransport:
+    """Produce through a shared-memory lane the broker created for this process."""
+
+    def __init__(self, factory: TransportFactory, topic: str, partition: int, reply: Message) -> None:
+        self._factory, self.topic, self.partition = factory, topic, partition
+        self.lane_name: str = reply.body["lane"]
+        self.producer_id: int = reply.body["producer_id"]
+        self._lane = LaneProducer.attach(self.lane_name)
+        self._next_sequence = 0
+        self._early: list[Any] = []  # completions wait() picked up, for the next poll_completions()
+
+    def reserve(self) -> int:
+        """The sequence of the next batch; batches are built and sent in the same order."""
+        sequence = self._next_sequence
+        self._next_sequence += 1
+        return sequence
+
+    def try_send(self, batch: bytearray, sequence: int, *, acks: int) -> bool:
+        # The worker checks the batch's base_sequence against the frame's sequence and deduplicates
+        # by (producer_id, base_sequence) after a restart.
+        return bool(self._lane.try_send(batch, sequence=sequence, acks=acks))
+
+    def poll_completions(self) -> list[tuple[int, int, KafkaError | None]]:
+        done = self._early + self._lane.poll_completions() if self._early else self._lane.poll_completions()
+        self._early = []
+        return [(c.sequence, c.base_offset, _error(c.error_code)) for c in done]
+
+    def wait(self, timeout_s: float) -> None:
+        self._early = self._lane.wait_completions(timeout_s)
+
+    def forget(self, sequence: int) -> None:
+        pass
+
+    def close(self) -> None:
+        self._lane.close()
+        try:
+            self._factory.connection.call(
+                ApiKey.CLOSE_LANE,
+                {"topic": self.topic, "partition": self.partition, "lane": self.lane_name},
+                timeout_s=2.0,
+            )
+        except BrokerError:
+            pass  # the broker reclaims lanes of dead or silent producers by itself
+
+
+class RemoteTransport:
+    """Produce with ZeroMQ PRODUCE requests, one batch each, several in flight."""
+
+    producer_id = -1
+
+    def __init__(self, factory: TransportFactory, topic: str, partition: int) -> None:
+        self._factory, self.topic, self.partition = factory, topic, partition
+        self.in_flight: dict[int, int] = {}  # correlation id -> sequence
+        self.done: list[tuple[int, int, KafkaError | None]] = []
+        self._next_sequence = 0
+
+    def reserve(self) -> int:
+        self._next_sequence += 1
+        return self._next_sequence
+
+    def try_send(self, batch: bytearray, sequence: int, *, acks: int) -> bool:
+        if len(self.in_flight) >= MAX_REMOTE_IN_FLIGHT:
+            self._factory.pump(0)
+            if len(self.in_flight) >= MAX_REMOTE_IN_FLIGHT:
+                return False
+        cid = self._factory.connection.send(
+            ApiKey.PRODUCE, {"topic": self.topic, "partitions": [self.partition], "acks": acks}, [batch]
+        )
+        self.in_flight[cid] = sequence
+        self._factory.owners[cid] = self
+        return True
+
+    def poll_completions(self) -> list[tuple[int, int, KafkaError | None]]:
+        self._factory.pump(0)
+        done, self.done = self.done, []
+        return done
+
+    def on_reply(self, reply: Message) -> None:
+        sequence = self.in_flight.pop(reply.correlation_id, None)
+        if sequence is None:
+            return
+        if reply.error_code:
+            self.done.append((sequence, -1, _error(reply.error_code, reply.body.get("error_message", ""))))
+            return
+        result = reply.body["results"][0]
+        self.done.append(
+            (
+                sequence,
+                int(result.get("base_offset", -1)),
+                _error(int(result.get("error_code", 0)), result.get("error_message", "")),
+            )
+        )
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._factory.pump(timeout_s) > 0
+
+    def forget(self, sequence: int) -> None:
+        for cid, seq in list(self.in_flight.items()):
+            if seq == sequence:
+                del self.in_flight[cid]
+                self._factory.owners.pop(cid, None)
+                self._factory.connection.forget(cid)
+
+    def close(self) -> None:
+        pass
+
+
+class TransportFactory:
+    def __init__(self, common: CommonConfig) -> None:
+        self.common = common
+        self.connection = Connection(
+            bootstrap_address({"bootstrap.servers": common.bootstrap_servers}),
+            request_timeout_s=common.request_timeout_ms / 1000,
+        )
+        self._metadata: Message | None = None
+        self._local: bool | None = None
+        self.transports: list[Any] = []
+        self.owners: dict[int, RemoteTransport] = {}
+
+    def metadata(
+        self,
+        topics: list[str] | None = None,
+        *,
+        allow_auto_create: bool = False,
+        timeout_s: float | None = None,
+    ) -> Message:
+        try:
+            return self.connection.call(
+                ApiKey.METADATA,
+                {"topics": topics, "allow_auto_create": allow_auto_create},
+                timeout_s=timeout_s,
+            )
+        except BrokerError as exc:
+            raise KafkaException(KafkaError.from_broker_error(exc)) from exc
+
+    @property
+    def local(self) -> bool:
+        if self._local is None:
+            reply = self.metadata([])
+            same_host = (
+                reply.body.get("host_id") == local_host_id() and Path(reply.body.get("data_dir", "")).is_dir()
+            )
+            if self.common.transport == "shm" and not same_host:
+                raise KafkaException(
+                    KafkaError(
+                        KafkaError._TRANSPORT, "shmbroker.transport=shm but the broker is not on this host"
+                    )
+                )
+            self._local = same_host and self.common.transport != "zmq"
+        return self._local
+
+    def partition_count(self, topic: str, *, allow_auto_create: bool) -> int:
+        entry = self.metadata([topic], allow_auto_create=allow_auto_create).body["topics"][0]
+        if entry.get("error_code"):
+            raise KafkaException(KafkaError(KafkaError._UNKNOWN_TOPIC, f"Unknown topic {topic!r}"))
+        return int(entry["partitions"])
+
+    def open(self, topic: str, partition: int) -> Any:
+        transport: Any
+        if self.local:
+            try:
+                reply = self.connection.call(
+                    ApiKey.OPEN_LANE, {"topic": topic, "partition": partition, "pid": os.getpid()}
+                )
+            except BrokerError as exc:
+                raise KafkaException(KafkaError.from_broker_error(exc)) from exc
+            transport = LaneTransport(self, topic, partition, reply)
+        else:
+            transport = RemoteTransport(self, topic, partition)
+        self.transports.append(transport)
+        return transport
+
+    def pump(self, timeout_s: float) -> int:
+        """Route every reply that has arrived (waiting up to ``timeout_s`` for the first)."""
+        handled = 0
+        while True:
+            reply = self.connection.receive(timeout_s if handled == 0 else 0.0)
+            if reply is None:
+                return handled
+            owner = self.owners.pop(reply.correlation_id, None)
+            if owner is not None:
+                owner.on_reply(reply)
+                handled += 1
+
+    def wait(self, timeout_s: float) -> None:
+        if not self.local:
+            self.pump(timeout_s)
+            return
+        lanes = [t for t in self.transports if isinstance(t, LaneTransport)]
+        if len(lanes) == 1:
+            lanes[0].wait(timeout_s)
+        else:  # several lanes: no single doorbell to sleep on; a short sleep bounds the latency
+            time.sleep(min(timeout_s, 0.0002))
+
+    def cluster_metadata(self, topic: str | None, timeout: float) -> Any:
+        from shmbroker.client.admin import ClusterMetadata
+
+        reply = self.metadata(None if topic is None else [topic], timeout_s=None if timeout < 0 else timeout)
+        return ClusterMetadata.from_reply(reply)
+
+    def close(self) -> None:
+        for transport in self.transports:
+            transport.close()
+        self.transports.clear()
+        self.connection.close()

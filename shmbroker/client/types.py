@@ -1,0 +1,238 @@
+"""The client's value types, shaped like confluent-kafka's: KafkaError, KafkaException, Message,
+TopicPartition, NewTopic, and the special offsets. Code written against confluent-kafka that uses
+these names keeps working when the import changes.
+
+KafkaError codes are Kafka's protocol codes (>= -1) and librdkafka's local codes (negative, with a
+leading underscore in the name), the same numbers confluent-kafka uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shmbroker.errors import BrokerError
+
+OFFSET_BEGINNING = -2
+OFFSET_END = -1
+OFFSET_STORED = -1000
+OFFSET_INVALID = -1001
+
+TIMESTAMP_NOT_AVAILABLE = 0
+TIMESTAMP_CREATE_TIME = 1
+TIMESTAMP_LOG_APPEND_TIME = 2
+
+# librdkafka's local error codes (rdkafka.h), under the names confluent-kafka exposes.
+_LOCAL_CODES = {
+    "_BAD_MSG": -199,
+    "_BAD_COMPRESSION": -198,
+    "_DESTROY": -197,
+    "_FAIL": -196,
+    "_TRANSPORT": -195,
+    "_MSG_TIMED_OUT": -192,
+    "_PARTITION_EOF": -191,
+    "_UNKNOWN_PARTITION": -190,
+    "_FS": -189,
+    "_UNKNOWN_TOPIC": -188,
+    "_ALL_BROKERS_DOWN": -187,
+    "_INVALID_ARG": -186,
+    "_TIMED_OUT": -185,
+    "_QUEUE_FULL": -184,
+    "_STATE": -172,
+    "_NOT_IMPLEMENTED": -170,
+    "_NO_OFFSET": -168,
+}
+_PROTOCOL_CODES = {
+    "UNKNOWN": -1,
+    "NO_ERROR": 0,
+    "OFFSET_OUT_OF_RANGE": 1,
+    "CORRUPT_MESSAGE": 2,
+    "UNKNOWN_TOPIC_OR_PART": 3,
+    "REQUEST_TIMED_OUT": 7,
+    "MSG_SIZE_TOO_LARGE": 10,
+    "NETWORK_EXCEPTION": 13,
+    "TOPIC_EXCEPTION": 17,
+    "RECORD_LIST_TOO_LARGE": 18,
+    "NOT_ENOUGH_REPLICAS": 19,
+    "INVALID_REQUIRED_ACKS": 21,
+    "INVALID_TIMESTAMP": 32,
+    "UNSUPPORTED_VERSION": 35,
+    "TOPIC_ALREADY_EXISTS": 36,
+    "INVALID_PARTITIONS": 37,
+    "INVALID_CONFIG": 40,
+    "INVALID_REQUEST": 42,
+    "KAFKA_STORAGE_ERROR": 56,
+    "UNSUPPORTED_COMPRESSION_TYPE": 76,
+    "INVALID_RECORD": 87,
+}
+_NAMES = {code: name for name, code in {**_LOCAL_CODES, **_PROTOCOL_CODES}.items()}
+_RETRIABLE = {-195, -192, -185, -184, 2, 3, 7, 13, 19, 56}
+
+
+class KafkaError:
+    """An error as confluent-kafka reports it: ``code()``, ``name()``, ``str()``, ``retriable()``."""
+
+    def __init__(
+        self, error: int, reason: str | None = None, fatal: bool = False, retriable: bool | None = None
+    ) -> None:
+        self._code = int(error)
+        self._reason = reason
+        self._fatal = fatal
+        self._retriable = (self._code in _RETRIABLE) if retriable is None else retriable
+
+    def code(self) -> int:
+        return self._code
+
+    def name(self) -> str:
+        return _NAMES.get(self._code, f"ERR_{self._code}")
+
+    def str(self) -> str:
+        return self._reason or self.name()
+
+    def fatal(self) -> bool:
+        return self._fatal
+
+    def retriable(self) -> bool:
+        return self._retriable
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, KafkaError):
+            return self._code == other._code
+        if isinstance(other, int):
+            return self._code == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._code)
+
+    def __repr__(self) -> str:
+        return f'KafkaError{{code={self.name()},val={self._code},str="{self.str()}"}}'
+
+    __str__ = __repr__
+
+    @classmethod
+    def from_broker_error(cls, exc: BrokerError) -> KafkaError:
+        return cls(exc.kafka_code, str(exc), retriable=exc.retriable)
+
+
+for _name, _code in {**_LOCAL_CODES, **_PROTOCOL_CODES}.items():
+    setattr(KafkaError, _name, _code)
+
+
+class KafkaException(Exception):
+    """Raised by client calls; ``args[0]`` is the KafkaError, as in confluent-kafka."""
+
+    def __init__(self, error: KafkaError | int, reason: str | None = None) -> None:
+        if not isinstance(error, KafkaError):
+            error = KafkaError(error, reason)
+        super().__init__(error)
+
+    @property
+    def error(self) -> KafkaError:
+        err: KafkaError = self.args[0]
+        return err
+
+
+class TopicPartition:
+    """(topic, partition, offset), with confluent-kafka's attribute names."""
+
+    __slots__ = ("error", "leader_epoch", "metadata", "offset", "partition", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int = -1,
+        offset: int = OFFSET_INVALID,
+        metadata: str | None = None,
+        leader_epoch: int | None = None,
+    ) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.metadata, self.leader_epoch = metadata, leader_epoch
+        self.error: KafkaError | None = None
+
+    def __repr__(self) -> str:
+        return f"TopicPartition{{topic={self.topic},partition={self.partition},offset={self.offset},error={self.error}}}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TopicPartition) and (self.topic, self.partition) == (
+            other.topic,
+            other.partition,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.topic, self.partition))
+
+    def __lt__(self, other: TopicPartition) -> bool:
+        return (self.topic, self.partition) < (other.topic, other.partition)
+
+
+class Message:
+    """One record as the consumer returns it and the delivery callback reports it."""
+
+    __slots__ = ("_error", "_headers", "_key", "_offset", "_partition", "_timestamp", "_topic", "_value")
+
+    def __init__(
+        self,
+        topic: str | None,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: tuple[int, int] = (TIMESTAMP_NOT_AVAILABLE, 0),
+        headers: list[tuple[str, bytes | None]] | None = None,
+        error: KafkaError | None = None,
+    ) -> None:
+        self._topic, self._partition, self._offset = topic, partition, offset
+        self._key, self._value, self._timestamp = key, value, timestamp
+        self._headers, self._error = headers, error
+
+    def topic(self) -> str | None:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return self._timestamp
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        return self._headers or None
+
+    def error(self) -> KafkaError | None:
+        return self._error
+
+    def set_value(self, value: bytes | None) -> None:
+        self._value = value
+
+    def set_key(self, key: bytes | None) -> None:
+        self._key = key
+
+    def __len__(self) -> int:
+        return len(self._value) if self._value is not None else 0
+
+    def __repr__(self) -> str:
+        return f"Message(topic={self._topic!r}, partition={self._partition}, offset={self._offset}, error={self._error})"
+
+
+class NewTopic:
+    def __init__(
+        self,
+        topic: str,
+        num_partitions: int = -1,
+        replication_factor: int = -1,
+        replica_assignment: Any = None,
+        config: dict[str, str] | None = None,
+    ) -> None:
+        self.topic, self.num_partitions, self.replication_factor = topic, num_partitions, replication_factor
+        self.replica_assignment, self.config = replica_assignment, dict(config or {})
+
+    def __repr__(self) -> str:
+        return f"NewTopic(topic={self.topic!r}, num_partitions={self.num_partitions})"

@@ -1,0 +1,319 @@
+"""The partition worker process: one per topic-partition, the only writer of its log.
+
+It drains the shared-memory lanes of its partition (one per local producer, plus the router's),
+checks every batch (size, magic, CRC, producer id), stamps offsets, appends everything it drained
+with one vectored write, and posts each batch's base offset or a Kafka error code back into the
+lane's completion queue. It publishes log start, log end and high watermark in the partition's
+control block, where local consumers read them without asking.
+
+The batches are copied out of shared memory before they are checked, so a producer that scribbles
+on a frame after committing it cannot slip bytes past the CRC check (check-then-use on memory
+someone else can write). With no replication the high watermark is the log end: os.write puts a
+batch in the page cache, which survives the death of any process (acks=1). acks=all with the
+leader as the only in-sync replica fsyncs before it completes (DESIGN invariant 1).
+
+Commands from the supervisor come over a pipe: ("attach", lane_name, producer_id, pid),
+("detach", lane_name), ("stop",). The supervisor rings the doorbell after each, so a sleeping
+worker wakes at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from shmbroker import records
+from shmbroker.config import LogConfig
+from shmbroker.disk.log import Log
+from shmbroker.errors import (
+    BrokerError,
+    CorruptRecordError,
+    InvalidRecordError,
+    KafkaStorageError,
+    RecordTooLargeError,
+)
+from shmbroker.ring.completion import Completion
+from shmbroker.ring.control import ControlWriter, ErrorKind, WorkerState
+from shmbroker.ring.lane import LaneWorker
+
+log = logging.getLogger(__name__)
+
+ACKS_ALL = -1
+DRAIN_BYTES = 16 << 20  # per lane per turn: bounds one turn's latency and private memory
+DEDUP_WINDOW = 4096  # recent (producer_id, sequence) pairs remembered for a worker restart
+SPIN_TURNS = 200  # empty turns before the worker sleeps on its doorbell
+SLEEP_S = 0.002  # longest sleep: bounds the cost of a lost wakeup (ring/doorbell.py explains)
+MAINTENANCE_INTERVAL_S = 0.1
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    topic: str
+    partition: int
+    directory: Path
+    log_config: LogConfig
+    control_name: str  # the control block; its doorbell semaphore has the same name
+    cpu: int | None = None
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+    except ImportError:  # optional: only `ps` output suffers
+        pass
+
+
+def _error_kind(exc: BrokerError) -> ErrorKind:
+    if isinstance(exc, CorruptRecordError):
+        return ErrorKind.CORRUPT
+    if isinstance(exc, RecordTooLargeError):
+        return ErrorKind.TOO_LARGE
+    if isinstance(exc, KafkaStorageError):
+        return ErrorKind.STORAGE
+    return ErrorKind.OTHER
+
+
+class _Lane:
+    """One attached lane and what the worker knows of its producer.
+
+    A ``trusted`` lane is the router's: it carries remote clients' batches, whose producer ids and
+    sequences are theirs, so only the batch checks apply to it.
+    """
+
+    def __init__(self, name: str, producer_id: int, pid: int, trusted: bool) -> None:
+        self.name, self.producer_id, self.pid, self.trusted = name, producer_id, pid, trusted
+        self.worker = LaneWorker.attach(name)
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def tail_producer_batches(log: Log, limit: int) -> list[tuple[int, int, int]]:
+    """(base_offset, producer_id, base_sequence) of the last batches of the active segment, oldest first."""
+    segments = log.segments
+    if not segments:
+        return []
+    path = segments[-1][1]
+    found: list[tuple[int, int, int]] = []
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < records.HEADER_BYTES:
+            return []
+        with mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                for _position, header in records.iter_batches(view):
+                    if header.producer_id >= 0:
+                        found.append((header.base_offset, header.producer_id, header.base_sequence))
+            except BrokerError:
+                pass  # a preallocated zero tail ends the scan
+            finally:
+                view.release()
+    return found[-limit:]
+
+
+class PartitionWorker:
+    """The worker's state and one turn of work; ``run`` below drives it."""
+
+    def __init__(self, spec: WorkerSpec, control: ControlWriter) -> None:
+        self.spec = spec
+        self.control = control
+        self.log = Log.open(spec.directory, spec.log_config)
+        self.lanes: dict[str, _Lane] = {}
+        # (producer_id, base_sequence) -> base_offset of batches already appended: a worker that
+        # died between its append and releasing the lane re-reads those frames after a restart.
+        self.recent: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._remember_tail()
+        self.publish()
+
+    def _remember_tail(self) -> None:
+        for base_offset, producer_id, base_sequence in tail_producer_batches(self.log, DEDUP_WINDOW):
+            self._remember(producer_id, base_sequence, base_offset)
+
+    def _remember(self, producer_id: int, base_sequence: int, base_offset: int) -> None:
+        self.recent[(producer_id, base_sequence)] = base_offset
+        if len(self.recent) > DEDUP_WINDOW:
+            self.recent.popitem(last=False)
+
+    def publish(self) -> None:
+        end = self.log.log_end_offset
+        self.control.publish(
+            self.control.current._replace(
+                log_start_offset=self.log.log_start_offset, log_end_offset=end, high_watermark=end
+            )
+        )
+
+    def attach(self, name: str, producer_id: int, pid: int, trusted: bool) -> None:
+        if name not in self.lanes:
+            self.lanes[name] = _Lane(name, producer_id, pid, trusted)
+
+    def has_requests(self) -> bool:
+        return any(lane.worker.has_requests() for lane in self.lanes.values())
+
+    def detach(self, name: str) -> None:
+        lane = self.lanes.pop(name, None)
+        if lane is not None:
+            self.turn_lane(lane)  # whatever was committed before the close is still appended
+            lane.close()
+
+    def turn(self) -> int:
+        """Drain every lane once; return how many batches were handled."""
+        handled = 0
+        for lane in list(self.lanes.values()):
+            try:
+                handled += self.turn_lane(lane)
+            except BrokerError as exc:  # a hostile or broken lane header: drop that lane, keep serving
+                log.warning("lane %s of pid %d dropped: %s", lane.name, lane.pid, exc)
+                self.control.count_error(ErrorKind.OTHER)
+                self.lanes.pop(lane.name, None)
+                lane.close()
+        return handled
+
+    def turn_lane(self, lane: _Lane) -> int:
+        requests = lane.worker.drain(DRAIN_BYTES)
+        if not requests:
+            return 0
+        # One private copy of everything drained (memcpy, ~20 GB/s), then the ring space is free
+        # and what we check is what we write.
+        private = bytearray(sum(len(r.batch) for r in requests))
+        views: list[memoryview] = []
+        position = 0
+        for request in requests:
+            n = len(request.batch)
+            private[position : position + n] = request.batch
+            views.append(memoryview(private)[position : position + n])
+            position += n
+        jobs = [(r.sequence, r.acks) for r in requests]
+        del requests
+        lane.worker.release()
+        self._append(lane, jobs, views)
+        return len(jobs)
+
+    def _check_owner(self, lane: _Lane, view: memoryview, sequence: int) -> records.BatchHeader:
+        """The lane-level checks (the log checks length, magic and CRC): whose batch, which sequence."""
+        header = records.parse_batch_header(view)
+        if lane.trusted:
+            return header
+        if header.producer_id != lane.producer_id:
+            raise InvalidRecordError(
+                f"batch says producer id {header.producer_id}; this lane belongs to {lane.producer_id}"
+            )
+        if header.base_sequence != sequence & 0x7FFFFFFF:
+            raise CorruptRecordError(f"batch sequence {header.base_sequence}; the lane frame says {sequence}")
+        return header
+
+    def _append(self, lane: _Lane, jobs: list[tuple[int, int]], views: list[memoryview]) -> None:
+        now_ms = int(time.time() * 1000)
+        done: list[Completion | None] = [None] * len(jobs)
+        todo: list[int] = []
+        for i, ((sequence, _acks), view) in enumerate(zip(jobs, views, strict=True)):
+            try:
+                header = self._check_owner(lane, view, sequence)
+            except BrokerError as exc:
+                self.control.count_error(_error_kind(exc))
+                done[i] = Completion(sequence, -1, -1, 0, exc.kafka_code)
+                continue
+            known = None if lane.trusted else self.recent.get((header.producer_id, header.base_sequence))
+            if known is not None:  # appended before a worker crash: not again, same answer
+                done[i] = Completion(sequence, known, -1, header.records_count, 0)
+                continue
+            todo.append(i)
+        appended = 0
+        if todo:
+            try:
+                infos = self.log.append_many([views[i] for i in todo], now_ms=now_ms)
+                pairs = list(zip(todo, infos, strict=True))
+            except BrokerError:
+                pairs = []  # one bad batch refuses the group: append one by one to refuse only it
+                for i in todo:
+                    try:
+                        pairs.append((i, self.log.append(views[i], now_ms=now_ms)))
+                    except BrokerError as exc:
+                        self.control.count_error(_error_kind(exc))
+                        done[i] = Completion(jobs[i][0], -1, -1, 0, exc.kafka_code)
+            for i, info in pairs:
+                sequence = jobs[i][0]
+                done[i] = Completion(
+                    sequence, info.base_offset, info.log_append_time_ms, info.records_count, 0
+                )
+                if not lane.trusted:
+                    self._remember(lane.producer_id, sequence & 0x7FFFFFFF, info.base_offset)
+            if pairs:
+                if any(jobs[i][1] == ACKS_ALL for i, _info in pairs):
+                    self.log.flush()  # the leader is the whole in-sync set: acks=all means on disk
+                appended = len(pairs)
+                end = self.log.log_end_offset
+                self.control.record_append(
+                    log_end_offset=end,
+                    high_watermark=end,
+                    batches=appended,
+                    records=sum(info.records_count for _i, info in pairs),
+                    n_bytes=sum(len(views[i]) for i, _info in pairs),
+                )
+        answers = [c for c, (_s, acks) in zip(done, jobs, strict=True) if c is not None and acks != 0]
+        if answers:
+            lane.worker.complete_many(answers)
+
+    def maintenance(self, now_ms: int) -> None:
+        self.log.maybe_flush(now_ms)
+        if self.log.apply_retention(now_ms):
+            self.control.bump_segment_generation(log_start_offset=self.log.log_start_offset)
+            self.publish()
+
+    def close(self) -> None:
+        for name in list(self.lanes):
+            self.detach(name)
+        self.log.close(clean=True)
+
+
+def run(spec: WorkerSpec, commands: Connection) -> None:
+    """The worker process's body: blocking loop until the supervisor says stop (or the pipe dies)."""
+    _set_title(f"shmbroker: partition {spec.topic}-{spec.partition}")
+    if spec.cpu is not None:
+        try:
+            import psutil
+
+            psutil.Process().cpu_affinity([spec.cpu])
+        except (OSError, AttributeError):
+            pass
+    control = ControlWriter.attach(spec.control_name)
+    worker = PartitionWorker(spec, control)
+    control.set_state(WorkerState.READY)
+    idle_turns = 0
+    next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
+    ready = lambda: worker.has_requests() or commands.poll(0)  # noqa: E731
+    try:
+        while True:
+            while commands.poll(0):
+                command = commands.recv()
+                if command[0] == "stop":
+                    return
+                if command[0] == "attach":
+                    worker.attach(command[1], command[2], command[3], command[4])
+                elif command[0] == "detach":
+                    worker.detach(command[1])
+            if worker.turn():
+                idle_turns = 0
+            else:
+                idle_turns += 1
+                if idle_turns > SPIN_TURNS:
+                    # Announce the sleep, look once more, sleep at most SLEEP_S (ring/doorbell.py).
+                    control.wake_flag.sleep(ready, SLEEP_S)
+            now = time.monotonic()
+            if now >= next_maintenance:
+                worker.maintenance(int(time.time() * 1000))
+                next_maintenance = now + MAINTENANCE_INTERVAL_S
+    except EOFError:
+        pass  # the supervisor is gone: stop cleanly, as if told to
+    finally:
+        control.set_state(WorkerState.STOPPING)
+        worker.close()
+        control.close()

@@ -1,0 +1,518 @@
+"""``shmbroker serve``: the supervisor's main loop and the ZeroMQ listener it answers clients on.
+
+The listener is one ROUTER socket. Control requests (metadata, topics, lane hand-over, offsets,
+status) are answered at once. Remote produce goes into this process's own shared-memory lane
+for the partition, so the worker sees one more local producer and the write path stays single;
+the reply leaves when the worker's completion comes back. Remote fetch reads the segment files
+through a read-only mmap up to the high watermark and sends the bytes as they are (``copy=False``);
+a fetch with nothing new waits up to ``fetch.max.wait.ms`` (long poll).
+
+Every request that fails gets a typed error reply (Kafka's code and a message); a message that
+cannot be parsed at all is counted and dropped. Nothing a client sends can stop this loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+from shmbroker import __version__
+from shmbroker.config import BrokerConfig
+from shmbroker.disk.reader import LogReader
+from shmbroker.errors import (
+    BrokerError,
+    InvalidRequestError,
+    RemoteProtocolError,
+    UnknownTopicOrPartitionError,
+)
+from shmbroker.net import protocol
+from shmbroker.net.protocol import Message, field_of
+from shmbroker.ring.control import WorkerState
+from shmbroker.ring.lane import LaneProducer
+from shmbroker.workers.supervisor import Supervisor
+from shmbroker.workers.topics import check_topic_name
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 50
+FETCH_MAX_BYTES = 50 << 20
+PARTITION_FETCH_MAX_BYTES = 1 << 20
+
+
+def host_id() -> str:
+    """Same value on every process of one boot of one host: decides whether shared memory is usable."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return os.uname().nodename
+
+
+@dataclass
+class PendingProduce:
+    identity: bytes
+    request: Message
+    outstanding: int
+    results: list[dict[str, Any]]
+
+
+@dataclass
+class PendingFetch:
+    identity: bytes
+    request: Message
+    deadline: float
+
+
+class BrokerService:
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.supervisor = Supervisor(config)
+        self.counters: Counter[str] = Counter()
+        self.readers: dict[tuple[str, int], LogReader] = {}
+        self.router_lanes: dict[tuple[str, int], Any] = {}
+        self.pending_produce: dict[tuple[str, int, int], tuple[PendingProduce, int]] = {}
+        self.pending_fetches: list[PendingFetch] = []
+        self._sequence = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        for spec in list(self.supervisor.topics.topics.values()):
+            self.supervisor.start_topic(spec)
+
+    # -- request dispatch ----------------------------------------------------------------------------
+    def handle(self, identity: bytes, frames: list[Any]) -> list[Any] | None:
+        """The reply frames, or None when the reply comes later (produce, long-poll fetch)."""
+        try:
+            request = protocol.decode(frames)
+        except RemoteProtocolError as exc:
+            self.counters["malformed"] += 1
+            log.info("dropping malformed message: %s", exc)
+            return None
+        self.counters[f"requests.{request.api.name}"] += 1
+        try:
+            handler = getattr(self, f"_on_{request.api.name.lower()}")
+            return handler(identity, request)  # type: ignore[no-any-return]
+        except BrokerError as exc:
+            self.counters[f"errors.{exc.kafka_name}"] += 1
+            return protocol.encode_error_reply(request, exc)
+        except (KeyError, TypeError, ValueError) as exc:  # a body of the wrong shape
+            self.counters["errors.INVALID_REQUEST"] += 1
+            return protocol.encode_error_reply(request, InvalidRequestError(f"{request.api.name}: {exc}"))
+
+    def _on_metadata(self, identity: bytes, request: Message) -> list[Any]:
+        wanted = field_of(request.body, "topics", list, default=None)
+        topics = self.supervisor.topics.topics
+        names = sorted(topics) if wanted is None else [str(t) for t in wanted]
+        out = []
+        for name in names:
+            spec = topics.get(name)
+            if (
+                spec is None
+                and wanted is not None
+                and self.config.auto_create_topics
+                and request.body.get("allow_auto_create")
+            ):
+                spec = self._create_topic(check_topic_name(name), self.config.num_partitions, {})
+            if spec is None:
+                out.append({"name": name, "error_code": UnknownTopicOrPartitionError.kafka_code})
+                continue
+            out.append({"name": name, "error_code": 0, "partitions": spec.partitions, "config": spec.config})
+        return protocol.encode_reply(
+            request,
+            {
+                "topics": out,
+                "host_id": host_id(),
+                "data_dir": str(self.supervisor.data_dir),
+                "broker_pid": os.getpid(),
+                "version": __version__,
+                "max_message_bytes": self.config.log.max_message_bytes,
+            },
+        )
+
+    def _create_topic(self, name: str, partitions: int, config: dict[str, Any]) -> Any:
+        spec = self.supervisor.topics.create(name, partitions, config, self.config.log)
+        self.supervisor.start_topic(spec)
+        return spec
+
+    def _on_create_topics(self, identity: bytes, request: Message) -> list[Any]:
+        results = []
+        for entry in field_of(request.body, "topics", list):
+            try:
+                if not isinstance(entry, dict):
+                    raise InvalidRequestError("each topic is an object with name, num_partitions, config")
+                self._create_topic(
+                    check_topic_name(entry.get("name")),
+                    entry.get("num_partitions", self.config.num_partitions),
+                    entry.get("config", {}),
+                )
+                results.append({"name": entry["name"], "error_code": 0})
+            except BrokerError as exc:
+                results.append(
+                    {
+                        "name": str(entry.get("name") if isinstance(entry, dict) else entry)[:255],
+                        "error_code": exc.kafka_code,
+                        "error_message": str(exc),
+                    }
+                )
+        return protocol.encode_reply(request, {"topics": results})
+
+    def _on_delete_topics(self, identity: bytes, request: Message) -> list[Any]:
+        results = []
+        for name in field_of(request.body, "topics", list):
+            try:
+                check_topic_name(name)
+                self.supervisor.topics.get(name)
+                self.supervisor.stop_topic(name)
+                for key in [k for k in self.readers if k[0] == name]:
+                    self.readers.pop(key).close()
+                for key in [k for k in self.router_lanes if k[0] == name]:
+                    self.router_lanes.pop(key).close()
+                self.supervisor.topics.delete(name)
+                results.append({"name": name, "error_code": 0})
+            except BrokerError as exc:
+                results.append(
+                    {"name": str(name)[:255], "error_code": exc.kafka_code, "error_message": str(exc)}
+                )
+        return protocol.encode_reply(request, {"topics": results})
+
+    def _slot(self, body: dict[str, Any]) -> Any:
+        topic = check_topic_name(field_of(body, "topic", str))
+        partition = field_of(body, "partition", int)
+        self.supervisor.topics.check_partition(topic, partition)
+        return self.supervisor.slots[(topic, partition)]
+
+    def _on_open_lane(self, identity: bytes, request: Message) -> list[Any]:
+        slot = self._slot(request.body)
+        pid = field_of(request.body, "pid", int)
+        if not psutil.pid_exists(pid):
+            raise InvalidRequestError(f"pid {pid} does not exist on this host")
+        lane = self.supervisor.open_lane(slot.topic, slot.partition, pid)
+        return protocol.encode_reply(
+            request,
+            {
+                "lane": lane.name,
+                "producer_id": lane.producer_id,
+                "control": slot.control.name,
+                "directory": str(self.supervisor.topics.partition_dir(slot.topic, slot.partition)),
+            },
+        )
+
+    def _on_close_lane(self, identity: bytes, request: Message) -> list[Any]:
+        slot = self._slot(request.body)
+        self.supervisor.close_lane(slot, field_of(request.body, "lane", str))
+        return protocol.encode_reply(request, {})
+
+    def _partition_info(self, topic: str, partition: int) -> dict[str, Any]:
+        slot = self.supervisor.slots[(topic, partition)]
+        snap = slot.reader().read()
+        return {
+            "topic": topic,
+            "partition": partition,
+            "control": slot.control.name,
+            "directory": str(self.supervisor.topics.partition_dir(topic, partition)),
+            "log_start_offset": snap.log_start_offset,
+            "log_end_offset": snap.log_end_offset,
+            "high_watermark": snap.high_watermark,
+            "state": WorkerState(snap.state).name,
+            "records_in": snap.records_in,
+            "bytes_in": snap.bytes_in,
+            "batches_in": snap.batches_in,
+            "errors": snap.errors_corrupt + snap.errors_too_large + snap.errors_storage + snap.errors_other,
+            "pid": slot.process.pid if slot.process else None,
+            "failed": slot.failed,
+            "lanes": len(slot.lanes),
+        }
+
+    def _on_list_offsets(self, identity: bytes, request: Message) -> list[Any]:
+        slot = self._slot(request.body)
+        timestamp = field_of(request.body, "timestamp", int, default=-1)
+        info = self._partition_info(slot.topic, slot.partition)
+        offset: int | None
+        if timestamp == -1:  # latest, as Kafka's ListOffsets
+            offset = info["high_watermark"]
+        elif timestamp == -2:  # earliest
+            offset = info["log_start_offset"]
+        else:
+            found = self._reader(slot.topic, slot.partition).offset_for_timestamp(
+                timestamp, upto_offset=info["high_watermark"]
+            )
+            offset = info["high_watermark"] if found is None else found
+        return protocol.encode_reply(request, {**info, "offset": offset})
+
+    def _on_status(self, identity: bytes, request: Message) -> list[Any]:
+        processes = [_process_row("supervisor", os.getpid())]
+        partitions = []
+        for (topic, partition), slot in sorted(self.supervisor.slots.items()):
+            partitions.append(self._partition_info(topic, partition))
+            if slot.process is not None and slot.process.pid:
+                processes.append(_process_row(f"partition {topic}-{partition}", slot.process.pid))
+        return protocol.encode_reply(
+            request,
+            {
+                "processes": processes,
+                "partitions": partitions,
+                "counters": dict(self.counters),
+                "data_dir": str(self.supervisor.data_dir),
+                "listeners": self.config.listeners,
+            },
+        )
+
+    # -- remote produce and fetch ----------------------------------------------------------------------
+    def _router_lane(self, topic: str, partition: int) -> Any:
+        lane = self.router_lanes.get((topic, partition))
+        if lane is None:
+            record = self.supervisor.open_lane(topic, partition, os.getpid(), trusted=True)
+            lane = LaneProducer.attach(record.name)
+            self.router_lanes[(topic, partition)] = lane
+        return lane
+
+    def _on_produce(self, identity: bytes, request: Message) -> list[Any] | None:
+        topic = check_topic_name(field_of(request.body, "topic", str))
+        partitions = field_of(request.body, "partitions", list)  # one partition id per data frame
+        acks = field_of(request.body, "acks", int, default=1)
+        if len(partitions) != len(request.data):
+            raise InvalidRequestError(f"{len(partitions)} partitions for {len(request.data)} batches")
+        pending = PendingProduce(identity, request, 0, [{} for _ in partitions])
+        for i, (partition, batch) in enumerate(zip(partitions, request.data, strict=True)):
+            try:
+                if isinstance(partition, bool) or not isinstance(partition, int):
+                    raise InvalidRequestError(f"partition {partition!r} is not an integer")
+                self.supervisor.topics.check_partition(topic, partition)
+                lane = self._router_lane(topic, partition)
+                self._sequence += 1
+                if not lane.try_send(batch, sequence=self._sequence, acks=acks):
+                    raise BufferError_()
+                pending.outstanding += 1
+                self.pending_produce[(topic, partition, self._sequence)] = (pending, i)
+            except BrokerError as exc:
+                pending.results[i] = {"error_code": exc.kafka_code, "error_message": str(exc)}
+        if pending.outstanding == 0:
+            return protocol.encode_reply(request, {"results": pending.results})
+        return None
+
+    def collect_completions(self, socket: zmq.Socket[Any]) -> None:
+        for (topic, partition), lane in self.router_lanes.items():
+            for c in lane.poll_completions():
+                entry = self.pending_produce.pop((topic, partition, c.sequence), None)
+                if entry is None:
+                    continue
+                pending, i = entry
+                pending.results[i] = {
+                    "base_offset": c.base_offset,
+                    "error_code": c.error_code,
+                    "partition": partition,
+                }
+                pending.outstanding -= 1
+                if pending.outstanding == 0:
+                    socket.send_multipart(
+                        [
+                            pending.identity,
+                            *protocol.encode_reply(pending.request, {"results": pending.results}),
+                        ],
+                        copy=False,
+                    )
+
+    def _reader(self, topic: str, partition: int) -> LogReader:
+        reader = self.readers.get((topic, partition))
+        if reader is None:
+            reader = LogReader(self.supervisor.topics.partition_dir(topic, partition))
+            self.readers[(topic, partition)] = reader
+        return reader
+
+    def _on_fetch(self, identity: bytes, request: Message) -> list[Any] | None:
+        reply = self._try_fetch(request)
+        if reply is not None:
+            return reply
+        wait_ms = field_of(request.body, "max_wait_ms", int, default=500)
+        self.pending_fetches.append(
+            PendingFetch(identity, request, time.monotonic() + min(wait_ms, 30_000) / 1000)
+        )
+        return None
+
+    def _try_fetch(self, request: Message, *, final: bool = False) -> list[Any] | None:
+        """Read every requested partition; None when nothing is there yet and we may still wait."""
+        entries = field_of(request.body, "partitions", list)
+        max_bytes = min(field_of(request.body, "max_bytes", int, default=FETCH_MAX_BYTES), FETCH_MAX_BYTES)
+        results, data, total = [], [], 0
+        for entry in entries:
+            topic = check_topic_name(field_of(entry, "topic", str))
+            partition = field_of(entry, "partition", int)
+            offset = field_of(entry, "offset", int)
+            part_max = min(
+                field_of(entry, "max_bytes", int, default=PARTITION_FETCH_MAX_BYTES), max_bytes - total
+            )
+            try:
+                self.supervisor.topics.check_partition(topic, partition)
+                info = self._partition_info(topic, partition)
+                view = None
+                if offset < info["high_watermark"] and part_max > 0:
+                    view = self._reader(topic, partition).read(
+                        offset, part_max, upto_offset=info["high_watermark"]
+                    )
+                    if offset < info["log_start_offset"]:
+                        raise OffsetOutOfRange_(offset, info)
+                elif offset > info["high_watermark"] or offset < info["log_start_offset"]:
+                    raise OffsetOutOfRange_(offset, info)
+                results.append(
+                    {
+                        "topic": topic,
+                        "partition": partition,
+                        "error_code": 0,
+                        "high_watermark": info["high_watermark"],
+                        "log_start_offset": info["log_start_offset"],
+                        "frame": len(data) if view is not None else -1,
+                    }
+                )
+                if view is not None:
+                    data.append(view)
+                    total += len(view)
+            except BrokerError as exc:
+                results.append(
+                    {
+                        "topic": topic,
+                        "partition": partition,
+                        "error_code": exc.kafka_code,
+                        "error_message": str(exc),
+                        "frame": -1,
+                    }
+                )
+        min_bytes = field_of(request.body, "min_bytes", int, default=1)
+        if total < min_bytes and not final and not any(r["error_code"] for r in results):
+            return None
+        return protocol.encode_reply(request, {"partitions": results}, data)
+
+    def expire_fetches(self, socket: zmq.Socket[Any]) -> None:
+        now = time.monotonic()
+        still = []
+        for pending in self.pending_fetches:
+            try:
+                reply = self._try_fetch(pending.request, final=now >= pending.deadline)
+            except BrokerError as exc:
+                reply = protocol.encode_error_reply(pending.request, exc)
+            if reply is None:
+                still.append(pending)
+            else:
+                socket.send_multipart([pending.identity, *reply], copy=False)
+        self.pending_fetches = still
+
+    def shutdown(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
+        self.readers.clear()
+        for lane in self.router_lanes.values():
+            lane.close()
+        self.router_lanes.clear()
+        self.supervisor.shutdown()
+
+
+def BufferError_() -> BrokerError:
+    from shmbroker.errors import RequestTimedOutError
+
+    return RequestTimedOutError("the partition's router lane is full; retry (the worker is behind)")
+
+
+def OffsetOutOfRange_(offset: int, info: dict[str, Any]) -> BrokerError:
+    from shmbroker.errors import OffsetOutOfRangeError
+
+    return OffsetOutOfRangeError(
+        f"offset {offset} outside [{info['log_start_offset']}, {info['high_watermark']}] of {info['topic']}-{info['partition']}"
+    )
+
+
+def _process_row(role: str, pid: int) -> dict[str, Any]:
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            return {
+                "role": role,
+                "pid": pid,
+                "cpu_percent": p.cpu_percent(0.0),
+                "rss_bytes": p.memory_info().rss,
+                "cpu_s": sum(p.cpu_times()[:2]),
+            }
+    except psutil.Error:
+        return {"role": role, "pid": pid, "gone": True}
+
+
+def check_listener(address: str) -> None:
+    """Refuse to listen beyond loopback: there is no authentication yet (CURVE is issue 4's)."""
+    if not address.startswith("tcp://"):
+        raise InvalidRequestError(f"listener {address!r}: only tcp://HOST:PORT is supported")
+    host = address[len("tcp://") :].rsplit(":", 1)[0]
+    if host not in ("127.0.0.1", "localhost", "[::1]"):
+        raise InvalidRequestError(
+            f"listener {address!r} is not loopback; shmbroker serves 127.0.0.1 only until CURVE authentication exists"
+        )
+
+
+def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: Any = None) -> int:
+    """Run the broker until SIGTERM/SIGINT (or ``stop``); return the exit code."""
+    check_listener(config.listeners)
+    stop = stop or threading.Event()
+    service = BrokerService(config)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    context = zmq.Context()
+    socket = context.socket(zmq.ROUTER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+    try:
+        service.start()  # fork server and workers first: no socket of ours leaks into them
+        socket.bind(config.listeners)
+        started = time.monotonic()
+        deadline = started + 30
+        while not service.supervisor.all_ready() and time.monotonic() < deadline and not stop.is_set():
+            time.sleep(0.002)
+        n = len(service.supervisor.slots)
+        print(
+            f"shmbroker {__version__} ready: {n} partitions, data in {service.supervisor.data_dir}, "
+            f"listening on {config.listeners} ({(time.monotonic() - started) * 1000:.0f} ms)",
+            flush=True,
+        )
+        if ready is not None:
+            ready()
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        next_watch = 0.0
+        while not stop.is_set():
+            busy = bool(service.pending_produce or service.pending_fetches)
+            events = dict(poller.poll(0 if busy else POLL_MS))
+            if socket in events:
+                for _ in range(256):
+                    try:
+                        frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    if len(frames) < 2:
+                        service.counters["malformed"] += 1
+                        continue
+                    reply = service.handle(frames[0].bytes, [f.buffer for f in frames[1:]])
+                    if reply is not None:
+                        socket.send_multipart([frames[0], *reply], copy=False)
+            if service.pending_produce:
+                service.collect_completions(socket)
+            if service.pending_fetches:
+                service.expire_fetches(socket)
+            if busy and not events:
+                time.sleep(0.0001)
+            now = time.monotonic()
+            if now >= next_watch:
+                service.supervisor.watch(now)
+                next_watch = now + 0.2
+        return 0
+    finally:
+        socket.close(0)
+        context.term()
+        service.shutdown()
+        print("shmbroker stopped cleanly", file=sys.stderr, flush=True)

@@ -1,0 +1,295 @@
+"""The supervisor: ``shmbroker serve``. Spawns, watches, restarts and stops the partition workers,
+owns every shared-memory block, and answers clients on the listener (workers/service.py).
+
+    shmbroker serve
+      |- fork server            started first; forks each worker with the imports already done
+      |- partition worker x N   one per partition
+      '- (in this process) the ZeroMQ ROUTER: metadata, admin, lane hand-over, remote produce/fetch
+
+Ownership (docs/ownership.md): this process creates and unlinks every shm block and semaphore; it
+lists their names in ``<data>/.shm-registry`` before creating them, so a broker that starts after
+a SIGKILLed one removes what the dead one left. ``<data>/.lock`` (flock) keeps a second broker off
+the same data directory; the kernel drops the lock with its holder, so a dead broker never wedges
+the next one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import posix_ipc
+import psutil
+
+from shmbroker.config import BrokerConfig
+from shmbroker.errors import LockedError
+from shmbroker.ring.block import new_name
+from shmbroker.ring.control import ControlBlock, ControlReader, WorkerState, create_control
+from shmbroker.ring.lane import LaneBlock, create_lane
+from shmbroker.workers import partition
+from shmbroker.workers.topics import TopicSpec, TopicStore
+
+log = logging.getLogger(__name__)
+
+REGISTRY_FILE = ".shm-registry"
+LOCK_FILE = ".lock"
+STOP_TIMEOUT_S = 10.0
+WATCH_INTERVAL_S = 0.2
+
+
+def unlink_name(name: str) -> None:
+    """Remove the shm block and the semaphore called ``name``, whichever exist (blocks and their
+    doorbells share a name; the registry lists each name once)."""
+    for unlink in (posix_ipc.unlink_shared_memory, posix_ipc.unlink_semaphore):
+        try:
+            unlink(name)
+        except posix_ipc.ExistentialError:
+            pass
+
+
+@dataclass
+class LaneRecord:
+    name: str
+    topic: str
+    partition: int
+    producer_id: int
+    pid: int
+    pid_create_time: float
+    lane: LaneBlock
+    trusted: bool = False
+
+
+@dataclass
+class PartitionSlot:
+    """Everything the supervisor keeps for one partition, across restarts of its worker."""
+
+    topic: str
+    partition: int
+    control: ControlBlock
+    process: BaseProcess | None = None
+    commands: Connection | None = None
+    crashes: list[float] = field(default_factory=list)
+    restart_at: float = 0.0
+    failed: str | None = None  # set when the supervisor gave up restarting it
+    lanes: dict[str, LaneRecord] = field(default_factory=dict)
+    _reader: ControlReader | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.topic}-{self.partition}"
+
+    def reader(self) -> ControlReader:
+        if self._reader is None:
+            self._reader = ControlReader(self.control.block.view[: self.control.block.size_bytes])
+        return self._reader
+
+    def send(self, *command: Any) -> None:
+        if self.commands is not None:
+            try:
+                self.commands.send(command)
+            except (BrokenPipeError, OSError):  # the worker died; its restart re-attaches the lanes
+                pass
+        self.control.doorbell.ring()
+
+
+class Supervisor:
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.data_dir = config.data_dir.resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._take_lock()
+        self._registry = self.data_dir / REGISTRY_FILE
+        self._remove_stale_blocks()
+        self.topics = TopicStore(self.data_dir)
+        self.slots: dict[tuple[str, int], PartitionSlot] = {}
+        # Workers come from a fork server started now, before any socket is bound: a fork of this
+        # process would inherit the listener and ZeroMQ's descriptors and could keep the port
+        # after the supervisor died. The server preloads the worker's imports, so a fork is warm.
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(["shmbroker.workers.partition", "shmbroker.workers.supervisor"])
+        self._next_producer_id = (time.time_ns() >> 20) & 0x3FFFFFFFFFFF  # unique across restarts
+        self.started_ms = int(time.time() * 1000)
+
+    # -- data dir lock and shm registry ---------------------------------------------------------
+    def _take_lock(self) -> int:
+        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise LockedError(
+                f"data dir {self.data_dir} is in use by another broker (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _remove_stale_blocks(self) -> None:
+        if self._registry.exists():
+            for name in self._registry.read_text().split():
+                unlink_name(name)
+        self._registry.write_text("")
+
+    def _new_registered_name(self) -> str:
+        """A fresh name, written to the registry before anything is created under it."""
+        name = new_name()
+        with open(self._registry, "a") as f:
+            f.write(name + "\n")
+        return name
+
+    # -- partitions -----------------------------------------------------------------------------
+    def start_topic(self, spec: TopicSpec) -> None:
+        for p in range(spec.partitions):
+            _name, control = create_control(p, name=self._new_registered_name())
+            slot = PartitionSlot(spec.name, p, control)
+            self.slots[(spec.name, p)] = slot
+            self._spawn(slot)
+
+    def _spawn(self, slot: PartitionSlot) -> None:
+        spec = self.topics.get(slot.topic)
+        cpu = None
+        if self.config.cpu_affinity:
+            cpu = len(self.slots) % (os.cpu_count() or 1)
+        worker_spec = partition.WorkerSpec(
+            topic=slot.topic,
+            partition=slot.partition,
+            directory=self.topics.partition_dir(slot.topic, slot.partition),
+            log_config=spec.log_config(self.config.log),
+            control_name=slot.control.name,
+            cpu=cpu,
+        )
+        parent_end, child_end = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=_worker_main, args=(worker_spec, child_end), name=f"partition {slot.key}", daemon=False
+        )
+        process.start()
+        child_end.close()
+        slot.process, slot.commands = process, parent_end
+        for lane in slot.lanes.values():
+            slot.send("attach", lane.name, lane.producer_id, lane.pid, lane.trusted)
+
+    def stop_topic(self, topic: str) -> None:
+        for key in [k for k in self.slots if k[0] == topic]:
+            slot = self.slots.pop(key)
+            self._stop_slot(slot)
+
+    def _stop_slot(self, slot: PartitionSlot) -> None:
+        slot.send("stop")
+        if slot.process is not None:
+            slot.process.join(STOP_TIMEOUT_S)
+            if slot.process.is_alive():
+                log.error("worker %s did not stop in %.0f s; killing it", slot.key, STOP_TIMEOUT_S)
+                slot.process.kill()
+                slot.process.join(2)
+        for lane in slot.lanes.values():
+            lane.lane.close()
+            lane.lane.unlink()
+        if slot._reader is not None:
+            slot._reader.close()
+        slot.control.close()
+        slot.control.unlink()
+
+    def all_ready(self) -> bool:
+        return all(s.failed or s.reader().read().state == WorkerState.READY for s in self.slots.values())
+
+    def watch(self, now: float) -> None:
+        """Restart crashed workers with backoff; give up on a crash loop; reclaim dead producers' lanes."""
+        for slot in self.slots.values():
+            process = slot.process
+            if slot.failed or process is None:
+                continue
+            if process.exitcode is None:
+                continue
+            if slot.restart_at == 0.0:
+                slot.crashes = [t for t in slot.crashes if now - t < self.config.restart_window_ms / 1000]
+                slot.crashes.append(now)
+                log.error(
+                    "worker %s exited with %s (crash %d)", slot.key, process.exitcode, len(slot.crashes)
+                )
+                if len(slot.crashes) > self.config.max_restarts:
+                    slot.failed = (
+                        f"partition {slot.key} crashed {len(slot.crashes)} times in "
+                        f"{self.config.restart_window_ms} ms; not restarting it (see the log above)"
+                    )
+                    log.error(slot.failed)
+                    continue
+                backoff_ms = min(5000, self.config.restart_backoff_ms * 2 ** (len(slot.crashes) - 1))
+                slot.restart_at = now + backoff_ms / 1000
+            elif now >= slot.restart_at:
+                slot.restart_at = 0.0
+                self._spawn(slot)
+        self._reclaim_dead_lanes()
+
+    def _reclaim_dead_lanes(self) -> None:
+        for slot in self.slots.values():
+            for lane in list(slot.lanes.values()):
+                if not _alive(lane.pid, lane.pid_create_time):
+                    self.close_lane(slot, lane.name)
+
+    # -- lanes ------------------------------------------------------------------------------------
+    def open_lane(self, topic: str, partition_id: int, pid: int, *, trusted: bool = False) -> LaneRecord:
+        slot = self.slots[(topic, partition_id)]
+        name, block = create_lane(
+            self.config.lane_bytes,
+            partition_id=partition_id,
+            control_name=slot.control.name,
+            name=self._new_registered_name(),
+        )
+        self._next_producer_id += 1
+        lane = LaneRecord(
+            name, topic, partition_id, self._next_producer_id, pid, _create_time(pid), block, trusted
+        )
+        slot.lanes[name] = lane
+        slot.send("attach", name, lane.producer_id, pid, trusted)
+        return lane
+
+    def close_lane(self, slot: PartitionSlot, name: str) -> None:
+        lane = slot.lanes.pop(name, None)
+        if lane is None:
+            return
+        slot.send("detach", name)
+        lane.lane.close()
+        lane.lane.unlink()
+
+    def shutdown(self) -> None:
+        for slot in list(self.slots.values()):
+            slot.send("stop")
+        for slot in list(self.slots.values()):
+            self._stop_slot(slot)
+        self.slots.clear()
+        self._registry.write_text("")
+        os.close(self._lock_fd)
+
+
+def _create_time(pid: int) -> float:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return 0.0
+
+
+def _alive(pid: int, create_time: float) -> bool:
+    """Alive and the same process (not a recycled pid)."""
+    try:
+        p = psutil.Process(pid)
+        return p.status() != psutil.STATUS_ZOMBIE and (create_time == 0.0 or p.create_time() == create_time)
+    except psutil.Error:
+        return False
+
+
+def _worker_main(spec: partition.WorkerSpec, commands: Connection) -> None:
+    # A forked child inherits the supervisor's signal handlers; the worker stops on the pipe's
+    # "stop", so a Ctrl-C to the process group must not kill it mid-append.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {spec.topic}-{spec.partition} %(message)s")
+    partition.run(spec, commands)
