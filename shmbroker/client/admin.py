@@ -101,7 +101,7 @@ class AdminClient:
             "topics": [
                 {
                     "name": t.topic,
-                    "num_partitions": t.num_partitions if t.num_partitions > 0 else None,
+                    "num_partitions": None if t.num_partitions == -1 else t.num_partitions,  # -1: the broker default
                     "config": t.config,
                 }
                 for t in new_topics

@@ -14,8 +14,10 @@ then they raise KafkaException(_NOT_IMPLEMENTED) with a plain message. Not threa
 from __future__ import annotations
 
 import time
-from collections import deque
+from itertools import repeat
 from typing import Any
+
+import numpy as np
 
 from shmbroker import records
 from shmbroker.client.config import ConsumerConfig
@@ -56,7 +58,8 @@ class Consumer:
         self._config = ConsumerConfig.from_dict({**(config or {}), **kwargs})
         self._transports = TransportFactory(self._config.common)
         self._assigned: dict[tuple[str, int], _Assigned] = {}
-        self._ready: deque[Message] = deque()
+        self._ready: list[Message] = []  # decoded, not yet returned: self._ready[self._next:]
+        self._next = 0
         self._max_uncompressed = max(self._config.fetch_max_bytes, 64 << 20)
         self._closed = False
 
@@ -106,14 +109,15 @@ class Consumer:
             if part.control is not None:
                 part.control.close()
         self._assigned.clear()
-        self._ready.clear()
+        self._ready, self._next = [], 0
 
     def incremental_unassign(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             part = self._assigned.pop((tp.topic, tp.partition), None)
             if part is not None and part.reader is not None:
                 part.reader.close()
-        self._ready = deque(m for m in self._ready if (m.topic(), m.partition()) in self._assigned)
+        self._ready = [m for m in self._ready[self._next :] if (m[0], m[1]) in self._assigned]
+        self._next = 0
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(p.topic, p.partition) for p in self._assigned.values()]
@@ -122,9 +126,8 @@ class Consumer:
         part = self._part(partition)
         info = self._offsets(part.topic, part.partition, -1)
         part.position = self._resolve(part, partition.offset, info)
-        self._ready = deque(
-            m for m in self._ready if (m.topic(), m.partition()) != (part.topic, part.partition)
-        )
+        self._ready = [m for m in self._ready[self._next :] if (m[0], m[1]) != (part.topic, part.partition)]
+        self._next = 0
 
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         out = []
@@ -146,18 +149,24 @@ class Consumer:
     # -- reading --------------------------------------------------------------------------------------
     def poll(self, timeout: float | None = None) -> Message | None:
         """The next record, or None when none arrived within ``timeout`` seconds (None = forever)."""
-        if not self._ready:
+        i = self._next
+        if i >= len(self._ready):
+            self._ready, self._next, i = [], 0, 0
             self._fill(timeout)
-        return self._ready.popleft() if self._ready else None
+            if not self._ready:
+                return None
+        self._next = i + 1
+        return self._ready[i]
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
         if not 1 <= num_messages <= 1_000_000:
             raise ValueError(f"num_messages {num_messages}: 1..1000000")
-        if not self._ready:
+        if self._next >= len(self._ready):
+            self._ready, self._next = [], 0
             self._fill(None if timeout is None or timeout < 0 else timeout)
-        out = []
-        while self._ready and len(out) < num_messages:
-            out.append(self._ready.popleft())
+        i = self._next
+        out = self._ready[i : i + num_messages]
+        self._next = i + len(out)
         return out
 
     def consume_columnar(
@@ -184,37 +193,27 @@ class Consumer:
                 return
 
     def _decode_into(self, part: _Assigned, view: memoryview) -> None:
+        """Append the records of ``view`` at or above the position as Messages, a batch at a time."""
         topic, partition, position = part.topic, part.partition, part.position
-        ready = self._ready
+        extend = self._ready.extend
         for batch in records.iter_columnar(view, max_uncompressed_bytes=self._max_uncompressed):
-            kind = (
-                TIMESTAMP_LOG_APPEND_TIME
-                if batch.header.attributes & records.TIMESTAMP_TYPE_BIT
-                else TIMESTAMP_CREATE_TIME
-            )
-            headers = batch.headers
-            for i, (offset, ts, key, value) in enumerate(
-                zip(
-                    batch.offsets.tolist(),
-                    batch.timestamps_ms.tolist(),
-                    batch.keys(),
-                    batch.values(),
-                    strict=True,
-                )
-            ):
-                if offset >= position:
-                    ready.append(
-                        Message(
-                            topic,
-                            partition,
-                            offset,
-                            key,
-                            value,
-                            (kind, ts),
-                            list(headers[i]) if headers and headers[i] else None,
-                        )
-                    )
-            position = max(position, batch.header.next_offset)
+            header = batch.header
+            if header.next_offset <= position:
+                continue
+            first = 0 if header.base_offset >= position else int(np.searchsorted(batch.offsets, position))
+            kind = TIMESTAMP_LOG_APPEND_TIME if header.attributes & records.TIMESTAMP_TYPE_BIT else TIMESTAMP_CREATE_TIME
+            keys, values = batch.keys(), batch.values()
+            headers: Any = repeat(None)
+            if batch.headers:
+                headers = [list(h) if h else None for h in batch.headers[first:]]
+            if first:
+                keys, values = keys[first:], values[first:]
+            # One C-level map per batch: no Python frame per record.
+            extend(map(Message, zip(
+                repeat(topic), repeat(partition), batch.offsets[first:].tolist(), keys, values,
+                zip(repeat(kind), batch.timestamps_ms[first:].tolist()), headers, repeat(None),
+            )))
+            position = header.next_offset
         part.position = position
 
     def _read_all(self, max_bytes: int | None) -> list[tuple[_Assigned, memoryview]]:

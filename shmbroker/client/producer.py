@@ -49,8 +49,12 @@ class _Sealed:
 class _Partition:
     topic: str
     partition: int
-    transport: tx.PartitionTransport
-    builder: records.BatchBuilder | None = None
+    transport: Any  # transport.LaneTransport or RemoteTransport
+    limit_bytes: int  # a batch never grows past this: batch.size, the lane's frame, max.message.bytes
+    values: list[bytes] = field(default_factory=list)  # plain records of the open batch
+    builder: records.BatchBuilder | None = None  # instead of values once a record has key/headers/time
+    count: int = 0  # records in the open batch
+    size_bytes: int = 0  # its estimated size
     callbacks: list[Any] | None = None
     opened_s: float = 0.0
     backlog: deque[_Sealed] = field(default_factory=deque)  # sealed, not yet taken by the transport
@@ -86,41 +90,53 @@ class Producer:
             self.poll(0)
             if self._undelivered >= self._config.max_queued_messages:
                 raise BufferError("Local: Queue full")
-        if isinstance(value, str):
-            value = value.encode()
-        if isinstance(key, str):
-            key = key.encode()
-        if value is not None and len(value) > self._config.message_max_bytes:
-            raise KafkaException(
-                KafkaError(
-                    KafkaError.MSG_SIZE_TOO_LARGE,
-                    f"record of {len(value)} bytes exceeds message.max.bytes={self._config.message_max_bytes}",
-                )
-            )
+        if value.__class__ is not bytes and value is not None:
+            value = value.encode() if isinstance(value, str) else bytes(value)
+        if key is not None and key.__class__ is not bytes:
+            key = key.encode() if isinstance(key, str) else bytes(key)
+        size = 0 if value is None else len(value)
+        if size > self._config.message_max_bytes:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE,
+                f"record of {size} bytes exceeds message.max.bytes={self._config.message_max_bytes}"))
         if partition < 0:
             partition = self._choose(topic, key)
         part = self._partitions.get((topic, partition)) or self._open(topic, partition)
-        builder = part.builder
-        if builder is None:
-            builder = part.builder = records.BatchBuilder()
+        # Seal first if this record would push the batch past the limit: batches never exceed it.
+        if part.count and part.size_bytes + size + (0 if key is None else len(key)) + 64 > part.limit_bytes:
+            self._seal(part)
+            self._send_backlog(part)
+        if not part.count:
             part.opened_s = time.monotonic()
-        if headers is not None and isinstance(headers, dict):
-            headers = list(headers.items())
-        builder.append(value, key, timestamp or None, headers)
+        if key is None and headers is None and not timestamp and value is not None and part.builder is None:
+            part.values.append(value)  # the common plain record: encoded in bulk at seal time
+            part.size_bytes += size + 8
+        else:
+            self._append_general(part, value, key, timestamp, headers)
+        part.count += 1
         cb = on_delivery or callback or self._config.on_delivery
         if cb is not None:
             if part.callbacks is None:
-                part.callbacks = [None] * (len(builder) - 1)
+                part.callbacks = [None] * (part.count - 1)
             part.callbacks.append((cb, key, value, timestamp, headers))
         elif part.callbacks is not None:
             part.callbacks.append(None)
         self._undelivered += 1
-        if (
-            len(builder) >= self._config.batch_num_messages
-            or builder.size_bytes_estimate >= self._config.batch_size
-        ):
+        if part.count >= self._config.batch_num_messages or part.size_bytes >= part.limit_bytes:
             self._seal(part)
             self._send_backlog(part)
+
+    def _append_general(self, part: _Partition, value: bytes | None, key: bytes | None, timestamp: int,
+                        headers: Any) -> None:
+        builder = part.builder
+        if builder is None:  # the batch so far was plain values: carry them over, in order
+            builder = part.builder = records.BatchBuilder()
+            for plain in part.values:
+                builder.append(plain)
+            part.values = []
+        if isinstance(headers, dict):
+            headers = list(headers.items())
+        builder.append(value, key, timestamp or None, headers)
+        part.size_bytes = builder.size_bytes_estimate
 
     def produce_batch(
         self,
@@ -238,22 +254,27 @@ class Producer:
                     f"topic {topic!r} has partitions 0..{count - 1}; got {partition}",
                 )
             )
-        part = _Partition(topic, partition, self._transports.open(topic, partition))
+        transport = self._transports.open(topic, partition)
+        limit = min(self._config.batch_size, transport.max_batch_bytes, self._transports.max_message_bytes)
+        part = _Partition(topic, partition, transport, limit - 128)
         self._partitions[(topic, partition)] = part
         return part
 
     def _seal(self, part: _Partition) -> None:
-        builder = part.builder
-        if builder is None or len(builder) == 0:
+        if not part.count:
             return
         sequence = part.transport.reserve()
-        batch = builder.build(
-            codec=self._codec, producer_id=part.transport.producer_id, base_sequence=sequence & 0x7FFFFFFF
-        )
-        part.backlog.append(_Sealed(batch, len(builder), part.callbacks, None, part.opened_s, sequence))
-        part.builder, part.callbacks = None, None
+        producer_id, base_sequence = part.transport.producer_id, sequence & 0x7FFFFFFF
+        if part.builder is not None:
+            batch = part.builder.build(codec=self._codec, producer_id=producer_id, base_sequence=base_sequence)
+        else:
+            batch = records.encode_values(part.values, timestamp_ms=int(time.time() * 1000), codec=self._codec,
+                                          producer_id=producer_id, base_sequence=base_sequence)
+        part.backlog.append(_Sealed(batch, part.count, part.callbacks, None, part.opened_s, sequence))
+        part.builder, part.callbacks, part.values, part.count, part.size_bytes = None, None, [], 0, 0
         if part.topic in self._sticky:  # move keyless records on after each batch
             self._sticky[part.topic] = random.randrange(self._partition_count(part.topic))
+
 
     def _send_backlog(self, part: _Partition) -> None:
         while part.backlog:
@@ -306,6 +327,6 @@ class Producer:
             offset = base_offset + i if error is None and base_offset >= 0 else -1001
             cb(
                 error,
-                Message(topic, partition, offset, key, value, (TIMESTAMP_CREATE_TIME, ts), headers, error),
+                Message((topic, partition, offset, key, value, (TIMESTAMP_CREATE_TIME, ts), headers, error)),
             )
         return sealed.count

@@ -48,6 +48,7 @@ class LaneTransport:
         self.lane_name: str = reply.body["lane"]
         self.producer_id: int = reply.body["producer_id"]
         self._lane = LaneProducer.attach(self.lane_name)
+        self.max_batch_bytes: int = self._lane.max_batch_bytes
         self._next_sequence = 0
         self._early: list[Any] = []  # completions wait() picked up, for the next poll_completions()
 
@@ -89,6 +90,7 @@ class RemoteTransport:
     """Produce with ZeroMQ PRODUCE requests, one batch each, several in flight."""
 
     producer_id = -1
+    max_batch_bytes = 1 << 30
 
     def __init__(self, factory: TransportFactory, topic: str, partition: int) -> None:
         self._factory, self.topic, self.partition = factory, topic, partition
@@ -156,6 +158,7 @@ class TransportFactory:
         )
         self._metadata: Message | None = None
         self._local: bool | None = None
+        self.max_message_bytes = 1048588  # the broker's max.message.bytes, from its metadata
         self.transports: list[Any] = []
         self.owners: dict[int, RemoteTransport] = {}
 
@@ -189,6 +192,7 @@ class TransportFactory:
                     )
                 )
             self._local = same_host and self.common.transport != "zmq"
+            self.max_message_bytes = int(reply.body.get("max_message_bytes", 1048588))
         return self._local
 
     def partition_count(self, topic: str, *, allow_auto_create: bool) -> int:

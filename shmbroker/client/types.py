@@ -165,61 +165,68 @@ class TopicPartition:
         return (self.topic, self.partition) < (other.topic, other.partition)
 
 
-class Message:
-    """One record as the consumer returns it and the delivery callback reports it."""
+class Message(list):  # type: ignore[type-arg]
+    """One record as the consumer returns it and the delivery callback reports it.
 
-    __slots__ = ("_error", "_headers", "_key", "_offset", "_partition", "_timestamp", "_topic", "_value")
+    A list underneath, [topic, partition, offset, key, value, timestamp, headers, error], so the
+    consumer builds a whole batch of them with one ``map`` in C instead of one Python ``__init__``
+    per record (~0.15 us against ~0.6 us); the methods are confluent-kafka's. ``len()`` is the
+    value's length, as in confluent-kafka.
+    """
 
-    def __init__(
-        self,
-        topic: str | None,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        timestamp: tuple[int, int] = (TIMESTAMP_NOT_AVAILABLE, 0),
-        headers: list[tuple[str, bytes | None]] | None = None,
-        error: KafkaError | None = None,
-    ) -> None:
-        self._topic, self._partition, self._offset = topic, partition, offset
-        self._key, self._value, self._timestamp = key, value, timestamp
-        self._headers, self._error = headers, error
+    __slots__ = ()
+
+    @classmethod
+    def make(cls, topic: str | None, partition: int, offset: int, key: bytes | None, value: bytes | None,
+             timestamp: tuple[int, int] = (TIMESTAMP_NOT_AVAILABLE, 0),
+             headers: list[tuple[str, bytes | None]] | None = None, error: KafkaError | None = None) -> Message:
+        return cls((topic, partition, offset, key, value, timestamp, headers, error))
 
     def topic(self) -> str | None:
-        return self._topic
+        return self[0]  # type: ignore[no-any-return]
 
     def partition(self) -> int:
-        return self._partition
+        return self[1]  # type: ignore[no-any-return]
 
     def offset(self) -> int:
-        return self._offset
+        return self[2]  # type: ignore[no-any-return]
 
     def key(self) -> bytes | None:
-        return self._key
+        return self[3]  # type: ignore[no-any-return]
 
     def value(self) -> bytes | None:
-        return self._value
+        return self[4]  # type: ignore[no-any-return]
 
     def timestamp(self) -> tuple[int, int]:
-        return self._timestamp
+        return self[5]  # type: ignore[no-any-return]
 
     def headers(self) -> list[tuple[str, bytes | None]] | None:
-        return self._headers or None
+        return self[6] or None
 
     def error(self) -> KafkaError | None:
-        return self._error
+        return self[7]  # type: ignore[no-any-return]
 
     def set_value(self, value: bytes | None) -> None:
-        self._value = value
+        self[4] = value
 
     def set_key(self, key: bytes | None) -> None:
-        self._key = key
+        self[3] = key
+
+    def set_headers(self, headers: list[tuple[str, bytes | None]] | None) -> None:
+        self[6] = headers
 
     def __len__(self) -> int:
-        return len(self._value) if self._value is not None else 0
+        value = list.__getitem__(self, 4)
+        return len(value) if value is not None else 0
 
     def __repr__(self) -> str:
-        return f"Message(topic={self._topic!r}, partition={self._partition}, offset={self._offset}, error={self._error})"
+        return f"Message(topic={self[0]!r}, partition={self[1]}, offset={self[2]}, error={self[7]})"
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
 
 
 class NewTopic:

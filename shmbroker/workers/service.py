@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +27,13 @@ from typing import Any
 import psutil
 import zmq
 
-from shmbroker import __version__
+from shmbroker import __version__, records
 from shmbroker.config import BrokerConfig
 from shmbroker.disk.reader import LogReader
 from shmbroker.errors import (
     BrokerError,
     InvalidRequestError,
+    InvalidRequiredAcksError,
     RemoteProtocolError,
     UnknownTopicOrPartitionError,
 )
@@ -46,6 +47,7 @@ from shmbroker.workers.topics import check_topic_name
 log = logging.getLogger(__name__)
 
 POLL_MS = 50
+ROUTER_BACKLOG_BYTES = 256 << 20  # remote batches waiting for room in a router lane, all partitions
 FETCH_MAX_BYTES = 50 << 20
 PARTITION_FETCH_MAX_BYTES = 1 << 20
 
@@ -82,6 +84,8 @@ class BrokerService:
         self.router_lanes: dict[tuple[str, int], Any] = {}
         self.pending_produce: dict[tuple[str, int, int], tuple[PendingProduce, int]] = {}
         self.pending_fetches: list[PendingFetch] = []
+        self.router_backlog: dict[tuple[str, int], deque[tuple[int, int, memoryview]]] = {}
+        self.router_backlog_bytes = 0
         self._sequence = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -105,9 +109,13 @@ class BrokerService:
         except BrokerError as exc:
             self.counters[f"errors.{exc.kafka_name}"] += 1
             return protocol.encode_error_reply(request, exc)
-        except (KeyError, TypeError, ValueError) as exc:  # a body of the wrong shape
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a body of the wrong shape
             self.counters["errors.INVALID_REQUEST"] += 1
-            return protocol.encode_error_reply(request, InvalidRequestError(f"{request.api.name}: {exc}"))
+            return protocol.encode_error_reply(request, InvalidRequestError(f"{request.api.name}: {exc!r}"))
+        except Exception as exc:  # a bug of ours: answer, count, log; one request must not stop the broker
+            self.counters["errors.UNKNOWN_SERVER_ERROR"] += 1
+            log.exception("%s request failed", request.api.name)
+            return protocol.encode_error_reply(request, BrokerError(f"{request.api.name} failed: {exc!r}"))
 
     def _on_metadata(self, identity: bytes, request: Message) -> list[Any]:
         wanted = field_of(request.body, "topics", list, default=None)
@@ -177,6 +185,8 @@ class BrokerService:
                     self.readers.pop(key).close()
                 for key in [k for k in self.router_lanes if k[0] == name]:
                     self.router_lanes.pop(key).close()
+                    for _seq, _acks, batch in self.router_backlog.pop(key, ()):
+                        self.router_backlog_bytes -= len(batch)
                 self.supervisor.topics.delete(name)
                 results.append({"name": name, "error_code": 0})
             except BrokerError as exc:
@@ -243,11 +253,30 @@ class BrokerService:
         elif timestamp == -2:  # earliest
             offset = info["log_start_offset"]
         else:
-            found = self._reader(slot.topic, slot.partition).offset_for_timestamp(
-                timestamp, upto_offset=info["high_watermark"]
-            )
+            found = self._offset_for_timestamp(slot.topic, slot.partition, timestamp, info)
             offset = info["high_watermark"] if found is None else found
         return protocol.encode_reply(request, {**info, "offset": offset})
+
+    def _offset_for_timestamp(self, topic: str, partition: int, timestamp_ms: int, info: dict[str, Any]) -> int | None:
+        """First offset whose timestamp >= ``timestamp_ms`` (Kafka's ListOffsets), below the high watermark.
+
+        Scans batch headers (max timestamp per batch), then decodes the one batch that holds the
+        answer; bounded by the log's size, not by memory.
+        """
+        reader = self._reader(topic, partition)
+        offset, end = info["log_start_offset"], info["high_watermark"]
+        while offset < end:
+            view = reader.read(offset, 1 << 20, upto_offset=end)
+            if view is None:
+                return None
+            for position, header in records.iter_batches(view):
+                if header.max_timestamp_ms >= timestamp_ms:
+                    batch = view[position : position + header.size_bytes]
+                    for record in records.decode_batch(batch, max_uncompressed_bytes=64 << 20):
+                        if record.timestamp_ms >= timestamp_ms and record.offset >= offset:
+                            return int(record.offset)
+                offset = max(offset, header.next_offset)
+        return None
 
     def _on_status(self, identity: bytes, request: Message) -> list[Any]:
         processes = [_process_row("supervisor", os.getpid())]
@@ -288,10 +317,20 @@ class BrokerService:
                 if isinstance(partition, bool) or not isinstance(partition, int):
                     raise InvalidRequestError(f"partition {partition!r} is not an integer")
                 self.supervisor.topics.check_partition(topic, partition)
-                lane = self._router_lane(topic, partition)
+                if acks not in (0, 1, -1):
+                    raise InvalidRequiredAcksError(f"acks={acks}: 0, 1 or -1 (all)")
                 self._sequence += 1
-                if not lane.try_send(batch, sequence=self._sequence, acks=acks):
-                    raise BufferError_()
+                key = (topic, partition)
+                backlog = self.router_backlog.setdefault(key, deque())
+                if backlog or not self._router_lane(topic, partition).try_send(batch, sequence=self._sequence, acks=acks):
+                    if self.router_backlog_bytes + len(batch) > ROUTER_BACKLOG_BYTES:
+                        raise BufferError_()
+                    # The lane is full: keep the batch (a zmq frame, no copy) and send it in order later.
+                    backlog.append((self._sequence, acks, batch))
+                    self.router_backlog_bytes += len(batch)
+                if acks == 0:  # nobody waits for the append (Kafka's acks=0)
+                    pending.results[i] = {"base_offset": -1, "error_code": 0, "partition": partition}
+                    continue
                 pending.outstanding += 1
                 self.pending_produce[(topic, partition, self._sequence)] = (pending, i)
             except BrokerError as exc:
@@ -300,7 +339,19 @@ class BrokerService:
             return protocol.encode_reply(request, {"results": pending.results})
         return None
 
+    def send_backlog(self) -> None:
+        for key, backlog in self.router_backlog.items():
+            lane = self.router_lanes.get(key)
+            while backlog and lane is not None:
+                sequence, acks, batch = backlog[0]
+                if not lane.try_send(batch, sequence=sequence, acks=acks):
+                    break
+                backlog.popleft()
+                self.router_backlog_bytes -= len(batch)
+
     def collect_completions(self, socket: zmq.Socket[Any]) -> None:
+        if self.router_backlog_bytes:
+            self.send_backlog()
         for (topic, partition), lane in self.router_lanes.items():
             for c in lane.poll_completions():
                 entry = self.pending_produce.pop((topic, partition, c.sequence), None)
@@ -486,7 +537,7 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
         poller.register(socket, zmq.POLLIN)
         next_watch = 0.0
         while not stop.is_set():
-            busy = bool(service.pending_produce or service.pending_fetches)
+            busy = bool(service.pending_produce or service.pending_fetches or service.router_backlog_bytes)
             events = dict(poller.poll(0 if busy else POLL_MS))
             if socket in events:
                 for _ in range(256):
@@ -500,7 +551,7 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
                     reply = service.handle(frames[0].bytes, [f.buffer for f in frames[1:]])
                     if reply is not None:
                         socket.send_multipart([frames[0], *reply], copy=False)
-            if service.pending_produce:
+            if service.pending_produce or service.router_backlog_bytes:
                 service.collect_completions(socket)
             if service.pending_fetches:
                 service.expire_fetches(socket)

@@ -1,0 +1,194 @@
+"""Disk log benchmark: append throughput against plain ``os.write``, and recovery scan speed.
+
+    .venv/bin/python -m perf.bench_disk [--runs 5] [--mib 1024] [--quick]
+
+Append: 1 MiB batches into a partition log (``Log.append_many``, one and eight batches a call),
+against a plain sequential ``os.write`` of the same bytes in the same run (target >= 0.9x), with
+and without ``log.preallocate`` (ftruncate, posix_fallocate), and a raw overwrite of an existing,
+cached file (what recycling deleted segments would buy). Modes are interleaved in every run so
+drift hits them alike. Each run deletes its files, so every write lands in freshly allocated page
+cache, as a live broker's would.
+Recovery: a full scan at open (no clean-shutdown marker) of a ~1 GiB log, page cache warm, and
+cold for this log only (fsync + POSIX_FADV_DONTNEED on its files; nothing else is evicted).
+Medians and spread (min..max) over the runs; JSON to perf/results/disk-latest.json.
+Data lives in a temp dir under /tmp, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from shmbroker.config import LogConfig
+from shmbroker.disk import segment as segment_module
+from shmbroker.disk.log import Log
+from shmbroker.records import HEADER_BYTES, crc32c
+
+RESULTS = Path(__file__).resolve().parent / "results" / "disk-latest.json"
+MIB = 1 << 20
+
+
+def make_batch(size_bytes: int, records_count: int = 1) -> bytearray:
+    """A valid RecordBatch v2 of exactly ``size_bytes`` (the disk layer never looks past the header)."""
+    import struct
+
+    batch = bytearray(os.urandom(size_bytes))
+    struct.pack_into(">qiibIhiqqqhii", batch, 0, 0, size_bytes - 12, -1, 2, 0, 0, records_count - 1,
+                     1, 1, -1, -1, -1, records_count)  # fmt: skip
+    struct.pack_into(">I", batch, 17, crc32c(memoryview(batch)[21:]))
+    assert len(batch) >= HEADER_BYTES
+    return batch
+
+
+def timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ---- append ---------------------------------------------------------------------------------------
+def os_write(path: Path, batch: bytearray, count: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for _ in range(count):
+        os.write(fd, batch)
+    os.close(fd)
+
+
+def os_pwrite_recycled(path: Path, batch: bytearray, count: int) -> None:
+    """Overwrite a file that exists, full length, with its pages cached (a recycled segment)."""
+    fd = os.open(path, os.O_WRONLY)
+    for i in range(count):
+        os.pwrite(fd, batch, i * len(batch))
+    os.close(fd)
+
+
+def log_append(directory: Path, batch: bytearray, count: int, per_call: int, preallocate: str) -> None:
+    segment_module.PREALLOCATE_WITH = preallocate or "ftruncate"
+    log = Log.open(directory, LogConfig(preallocate=bool(preallocate)), now_ms=0)
+    group = [batch] * per_call  # the same buffer, stamped again each time: only offsets change
+    for i in range(count // per_call):
+        log.append_many(group, now_ms=i)
+    log.close(clean=False)
+
+
+def bench_append(root: Path, runs: int, mib: int) -> dict[str, list[float]]:
+    batch = make_batch(MIB)
+    count = mib
+    recycled = root / "recycled.bin"
+    os_write(recycled, batch, count)  # written once, kept cached: the "reused pages" case
+    modes: dict[str, Callable[[Path], None]] = {
+        "os.write (fresh file)": lambda d: os_write(d / "plain.bin", batch, count),
+        "Log.append": lambda d: log_append(d / "log", batch, count, 1, ""),
+        "Log.append_many x8": lambda d: log_append(d / "log", batch, count, 8, ""),
+        "Log.append preallocate=ftruncate": lambda d: log_append(d / "log", batch, count, 1, "ftruncate"),
+        "Log.append preallocate=fallocate": lambda d: log_append(d / "log", batch, count, 1, "fallocate"),
+        "os.pwrite over cached file (recycled)": lambda d: os_pwrite_recycled(recycled, batch, count),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in modes}
+    for _ in range(runs):
+        for name, run in modes.items():
+            work = root / "run"
+            work.mkdir()
+            seconds[name].append(timed(lambda run=run, work=work: run(work)))  # type: ignore[misc]
+            shutil.rmtree(work)
+    segment_module.PREALLOCATE_WITH = "ftruncate"
+    return {name: [count * MIB / s / 1e9 for s in values] for name, values in seconds.items()}
+
+
+# ---- recovery -------------------------------------------------------------------------------------
+def evict(directory: Path) -> None:
+    for path in directory.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
+def bench_recovery(root: Path, runs: int, mib: int) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {}
+    for batch_kib in (1024, 16):
+        for preallocate in (False, True):
+            directory = root / f"recover-{batch_kib}-{preallocate}"
+            config = LogConfig(segment_bytes=256 * MIB, preallocate=preallocate)
+            log = Log.open(directory, config, now_ms=0)
+            batch = make_batch(batch_kib * 1024)
+            for i in range(mib * 1024 // batch_kib):
+                log.append(batch, now_ms=i)
+            data_bytes = log.statistics().size_bytes
+            log.close(clean=False)
+            for cold in (False, True):
+                name = f"recovery scan, {batch_kib} KiB batches, preallocate={preallocate}, " + (
+                    "cold (this log evicted)" if cold else "page cache warm"
+                )
+                speeds = []
+                for _ in range(runs):
+                    if cold:
+                        evict(directory)
+                    start = time.perf_counter()
+                    log = Log.open(directory, config, now_ms=0)  # no marker: full scan
+                    elapsed = time.perf_counter() - start
+                    assert log.statistics().bytes_cut_at_open == 0
+                    log.close(clean=False)
+                    speeds.append(data_bytes / elapsed / 1e9)
+                results[name] = speeds
+            shutil.rmtree(directory)
+    return results
+
+
+def summarize(name: str, values: list[float]) -> dict[str, object]:
+    return {
+        "name": name,
+        "unit": "GB/s",
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": values,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m perf.bench_disk")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--mib", type=int, default=1024, help="bytes written per append run, MiB")
+    parser.add_argument("--quick", action="store_true", help="3 runs of 128 MiB: a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.mib = 3, 128
+    root = Path(tempfile.mkdtemp(prefix="bench-disk-", dir="/tmp"))
+    try:
+        append = bench_append(root, args.runs, args.mib)
+        recovery = bench_recovery(root, args.runs, args.mib)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rows = [summarize(n, v) for n, v in {**append, **recovery}.items()]
+    baseline = statistics.median(append["os.write (fresh file)"])
+    for row in rows:
+        if str(row["name"]).startswith(("Log.", "os.")):
+            row["ratio_to_os_write"] = float(row["median"]) / baseline  # type: ignore[arg-type]
+    print(f"{'benchmark':62} {'median':>8} {'min..max GB/s':>15} {'vs write':>9}")
+    for row in rows:
+        ratio = f"{row['ratio_to_os_write']:.2f}x" if "ratio_to_os_write" in row else ""
+        spread = f"{row['min']:.2f}..{row['max']:.2f}"
+        print(f"{row['name']!s:62} {row['median']:8.2f} {spread:>15} {ratio:>9}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "runs": args.runs,
+        "mib_per_run": args.mib,
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+    }
+    RESULTS.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""A partition log: an ordered run of segments with dense offsets, owned by one partition worker.
+
+    <dir>/00000000000000000000.log .index .timeindex   sealed segments, oldest first
+    <dir>/00000000000000001234.log .index .timeindex   the active segment: appends go here
+    <dir>/recovery-point                               offset below which everything was fsynced
+    <dir>/.clean_shutdown                              only between a clean close and the next open
+
+Invariants: offsets are dense and increasing across segments (segment i+1 starts where i ends);
+``log_start_offset`` is the first segment's base; ``log_end_offset`` is the next offset to assign.
+An append that returned is in the page cache (``pwritev``), so it survives a kill of this process;
+``flush()`` makes it survive a power cut. Bad input raises a typed error with nothing written.
+Not thread-safe: one worker calls everything here. Other processes read via ``reader.LogReader``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from shmbroker import records
+from shmbroker.config import LogConfig
+from shmbroker.disk import recovery, retention
+from shmbroker.disk.files import (
+    CLEAN_SHUTDOWN_FILE,
+    fsync_dir,
+    list_segment_bases,
+    remove_if_exists,
+    remove_strays,
+    write_atomic,
+)
+from shmbroker.disk.segment import Segment
+from shmbroker.errors import ClosedError, OffsetOutOfRangeError
+from shmbroker.records import BatchHeader
+
+# Decoding a batch to find one record's timestamp (ListOffsets) is bounded by this much memory.
+MAX_UNCOMPRESSED_BYTES = 64 << 20
+
+
+class AppendInfo(NamedTuple):
+    base_offset: int
+    last_offset: int
+    position: int  # byte position of the batch in its segment's .log
+    log_append_time_ms: int  # -1 unless log.message.timestamp.type=LogAppendTime
+    records_count: int
+
+
+class FileSlice(NamedTuple):
+    """Whole batches of one segment file, ready for ``os.sendfile(sock, fd, position, size)``.
+
+    ``fd`` belongs to the log and stays valid until retention or close removes the segment."""
+
+    fd: int
+    position: int
+    size: int
+    path: Path
+    base_offset: int  # of the segment
+    first_offset: int  # base offset of the first batch in the slice
+
+
+@dataclass(frozen=True)
+class LogStatistics:
+    segments: int
+    size_bytes: int
+    log_start_offset: int
+    log_end_offset: int
+    recovery_point: int
+    unflushed_messages: int
+    active_segment_bytes: int
+    bytes_cut_at_open: int
+    recovered_at_open: bool
+
+
+class Log:
+    def __init__(
+        self,
+        directory: Path,
+        config: LogConfig,
+        segments: list[Segment],
+        *,
+        recovery_point: int,
+        now_ms: int,
+        bytes_cut: int,
+        recovered: bool,
+    ) -> None:
+        self.directory, self.config = directory, config
+        self._segments = segments
+        self._bases = [s.base_offset for s in segments]
+        self.recovery_point = min(recovery_point, self.log_end_offset)
+        self.bytes_cut_at_open, self.recovered_at_open = bytes_cut, recovered
+        self._unflushed_messages = 0
+        self._last_flush_ms = now_ms
+        self._unflushed_segments: list[Segment] = []  # sealed since the last flush
+        active = segments[-1]
+        self._active_since_ms = active.first_timestamp_ms if not active.is_empty else None
+        self._log_append_time = config.message_timestamp_type == "LogAppendTime"
+        self._closed = False
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls, directory: Path, config: LogConfig, *, now_ms: int | None = None, force_recovery: bool = False
+    ) -> Log:
+        """Open (creating if missing) and, unless the last close was clean, recover the log.
+
+        ``force_recovery`` scans every segment from the first (``shmbroker recover-log``)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        now_ms = _wall_ms() if now_ms is None else now_ms
+        clean = remove_if_exists(directory / CLEAN_SHUTDOWN_FILE) and not force_recovery
+        if clean:
+            fsync_dir(directory)  # the marker is gone before anything else happens
+        remove_strays(directory)
+        segments = [cls._new_segment(directory, config, base) for base in list_segment_bases(directory)]
+        recovery_point = 0 if force_recovery else recovery.read_recovery_point(directory)
+        bytes_cut = 0
+        if segments:
+            bytes_cut = recovery.recover_segments(
+                directory,
+                segments,
+                recovery_point=recovery_point,
+                max_batch_bytes=max(config.max_message_bytes, records.HEADER_BYTES),
+                clean=clean,
+            )
+        else:
+            segments.append(cls._new_segment(directory, config, 0))
+            fsync_dir(directory)
+        log = cls(
+            directory,
+            config,
+            segments,
+            recovery_point=recovery_point,
+            now_ms=now_ms,
+            bytes_cut=bytes_cut,
+            recovered=not clean,
+        )
+        if config.preallocate:
+            segments[-1].preallocate(config.segment_bytes)
+        return log
+
+    @staticmethod
+    def _new_segment(directory: Path, config: LogConfig, base_offset: int) -> Segment:
+        return Segment(
+            directory,
+            base_offset,
+            index_interval_bytes=config.index_interval_bytes,
+            index_max_entries=max(1, config.segment_index_bytes // 8),
+        )
+
+    def close(self, clean: bool = True) -> None:
+        """Flush and close; with ``clean`` leave the marker that lets the next open skip recovery."""
+        if self._closed:
+            return
+        if clean:
+            self._segments[-1].seal()  # trims a preallocated tail, so a clean open trusts sizes
+            self.flush()
+        for segment in self._segments:
+            segment.close()
+        self._closed = True
+        if clean:
+            write_atomic(self.directory / CLEAN_SHUTDOWN_FILE, b"")
+
+    # ---- offsets -------------------------------------------------------------------------------
+    @property
+    def log_start_offset(self) -> int:
+        return self._segments[0].base_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._segments[-1].next_offset
+
+    @property
+    def segments(self) -> list[tuple[int, Path]]:
+        return [(s.base_offset, s.path) for s in self._segments]
+
+    # ---- appending -----------------------------------------------------------------------------
+    def append(self, batch: bytearray | memoryview, *, leader_epoch: int = -1, now_ms: int) -> AppendInfo:
+        """Check, stamp (in place) and append one batch; see ``append_many``."""
+        return self.append_many([batch], leader_epoch=leader_epoch, now_ms=now_ms)[0]
+
+    def append_many(
+        self, batches: Sequence[bytearray | memoryview], *, leader_epoch: int = -1, now_ms: int
+    ) -> list[AppendInfo]:
+        """Append whole batches with one ``pwritev`` per segment touched (the worker's fast path).
+
+        Every batch is checked first (length, magic, size <= max.message.bytes, CRC): if any is
+        bad, its typed error is raised and nothing is stamped or written; the caller can then
+        append one by one to refuse only the bad batch. Batches must be writable: base offset,
+        leader epoch (and LogAppendTime) are stamped into the caller's buffers.
+        """
+        if self._closed:
+            raise ClosedError(f"log {self.directory} is closed")
+        views = [memoryview(b) for b in batches]
+        max_bytes, segment_bytes = self.config.max_message_bytes, self.config.segment_bytes
+        headers = []
+        for i, view in enumerate(views):
+            if view.readonly:
+                raise TypeError(f"batch {i} is read-only; the log stamps offsets in place")
+            headers.append(records.check_batch(view, max_batch_bytes=max_bytes))
+        infos: list[AppendInfo] = []
+        group_views: list[memoryview] = []
+        group_headers: list[BatchHeader] = []
+        append_time = now_ms if self._log_append_time else -1
+        offset = self.log_end_offset
+        messages = group_bytes = 0
+        for view, header in zip(views, headers, strict=True):
+            records.stamp(view, base_offset=offset, leader_epoch=leader_epoch)
+            header = header._replace(base_offset=offset, partition_leader_epoch=leader_epoch)
+            if self._log_append_time:
+                records.set_log_append_time(view, now_ms)
+                header = header._replace(max_timestamp_ms=now_ms)
+            active = self._segments[-1]
+            pending = group_bytes + header.size_bytes
+            if group_headers and not active.can_take(pending, header.last_offset, segment_bytes, alone=False):
+                infos.extend(self._write(group_views, group_headers, append_time, now_ms))
+                group_views, group_headers, group_bytes = [], [], 0
+                self.roll(now_ms)
+            elif not group_headers and self._should_roll(header, now_ms):
+                self.roll(now_ms)
+            group_views.append(view)
+            group_headers.append(header)
+            group_bytes += header.size_bytes
+            offset = header.next_offset
+            messages += header.records_count
+        infos.extend(self._write(group_views, group_headers, append_time, now_ms))
+        self._unflushed_messages += messages
+        self.maybe_flush(now_ms)
+        return infos
+
+    def _should_roll(self, header: BatchHeader, now_ms: int) -> bool:
+        """Before the first batch of a write: is the active segment old, full or out of offsets?"""
+        active = self._segments[-1]
+        if active.is_empty:
+            return False
+        if self._active_since_ms is not None and now_ms - self._active_since_ms >= self.config.roll_ms:
+            return True
+        segment_bytes = self.config.segment_bytes
+        return not active.can_take(header.size_bytes, header.last_offset, segment_bytes, alone=True)
+
+    def _write(
+        self, views: list[memoryview], headers: list[BatchHeader], append_time: int, now_ms: int
+    ) -> list[AppendInfo]:
+        active = self._segments[-1]
+        positions = active.append(views, headers)
+        if self._active_since_ms is None:
+            self._active_since_ms = now_ms
+        return [
+            AppendInfo(h.base_offset, h.last_offset, p, append_time, h.records_count)
+            for p, h in zip(positions, headers, strict=True)
+        ]
+
+    def roll(self, now_ms: int) -> None:
+        """Seal the active segment and start a new one at log_end_offset (no-op if it is empty)."""
+        old = self._segments[-1]
+        if old.is_empty:
+            return
+        old.seal()
+        self._unflushed_segments.append(old)
+        new = self._new_segment(self.directory, self.config, old.next_offset)
+        if self.config.preallocate:
+            new.preallocate(self.config.segment_bytes)
+        self._segments.append(new)
+        self._bases.append(new.base_offset)
+        self._active_since_ms = None
+        fsync_dir(self.directory)  # KAFKA-3968: the new segment's name must survive a power cut
+
+    # ---- flushing ------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """fsync everything appended so far and move the recovery point to log_end_offset."""
+        for segment in [*self._unflushed_segments, self._segments[-1]]:
+            if segment.fd >= 0:
+                segment.flush()
+        self._unflushed_segments.clear()
+        self._unflushed_messages = 0
+        if self.recovery_point != self.log_end_offset:
+            self.recovery_point = self.log_end_offset
+            recovery.write_recovery_point(self.directory, self.recovery_point)
+
+    def maybe_flush(self, now_ms: int) -> bool:
+        """Flush if log.flush.interval.messages or .ms says so; say whether it did."""
+        due = self._unflushed_messages >= self.config.flush_interval_messages or (
+            self._unflushed_messages > 0 and now_ms - self._last_flush_ms >= self.config.flush_interval_ms
+        )
+        if due:
+            self.flush()
+            self._last_flush_ms = now_ms
+        return due
+
+    # ---- reading -------------------------------------------------------------------------------
+    def _check_offset(self, offset: int) -> None:
+        if not self.log_start_offset <= offset <= self.log_end_offset:
+            bounds = f"{self.log_start_offset}..{self.log_end_offset}"
+            raise OffsetOutOfRangeError(f"offset {offset} is outside {bounds} of {self.directory}")
+
+    def read(self, offset: int, max_bytes: int, *, upto_offset: int | None = None) -> FileSlice | None:
+        """Whole batches from the one holding ``offset``: at least one, else up to ``max_bytes``;
+        none starting at or above ``upto_offset`` (the high watermark). None at the end."""
+        self._check_offset(offset)
+        upto = self.log_end_offset if upto_offset is None else min(upto_offset, self.log_end_offset)
+        if offset >= upto:
+            return None
+        for segment in self._segments[bisect.bisect_right(self._bases, offset) - 1 :]:
+            found = segment.read(offset, max_bytes, upto)
+            if found is not None:
+                position, size = found
+                first = records.parse_batch_header(segment.read_bytes(position, records.HEADER_BYTES))
+                return FileSlice(
+                    segment.fd, position, size, segment.path, segment.base_offset, first.base_offset
+                )
+        return None
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
+        """The first offset whose record timestamp is >= ``timestamp_ms`` (Kafka's ListOffsets); None
+        if every record is older. Finds the batch through the time index, then decodes that one."""
+        for segment in self._segments:
+            if segment.max_timestamp_ms < timestamp_ms:
+                continue
+            _, position = segment.index.lookup(segment.timeindex.lookup_before(timestamp_ms))
+            for batch_position, header in segment.walk(position):
+                if header.max_timestamp_ms >= timestamp_ms:
+                    return self._first_offset_at(segment, batch_position, header, timestamp_ms)
+        return None
+
+    @staticmethod
+    def _first_offset_at(segment: Segment, position: int, header: BatchHeader, timestamp_ms: int) -> int:
+        if header.attributes & records.TIMESTAMP_TYPE_BIT or header.records_count <= 1:
+            return header.base_offset  # every record carries max_timestamp, or there is one record
+        batch = segment.read_bytes(position, header.size_bytes)
+        columns = records.decode_columnar(batch, max_uncompressed_bytes=MAX_UNCOMPRESSED_BYTES)
+        later = np.flatnonzero(columns.timestamps_ms >= timestamp_ms)
+        return int(columns.offsets[later[0]]) if len(later) else header.base_offset
+
+    # ---- retention and truncation ---------------------------------------------------------------
+    def apply_retention(self, now_ms: int, *, high_watermark: int | None = None) -> int:
+        """Delete whole old segments per retention.ms / retention.bytes; return how many."""
+        facts = [
+            retention.SegmentFacts(s.base_offset, s.next_offset, s.size_bytes, s.max_timestamp_ms)
+            for s in self._segments
+        ]
+        count = retention.deletable_prefix(
+            facts,
+            now_ms=now_ms,
+            retention_ms=self.config.retention_ms,
+            retention_bytes=self.config.retention_bytes,
+            high_watermark=high_watermark,
+        )
+        if count:
+            self._delete_segments(self._segments[:count])
+        return count
+
+    def _delete_segments(self, doomed: list[Segment]) -> None:
+        for segment in doomed:
+            segment.delete()
+            if segment in self._unflushed_segments:
+                self._unflushed_segments.remove(segment)
+        ids = {id(s) for s in doomed}
+        self._segments = [s for s in self._segments if id(s) not in ids]
+        self._bases = [s.base_offset for s in self._segments]
+        fsync_dir(self.directory)
+
+    def truncate_to(self, offset: int) -> None:
+        """Drop every batch holding offsets >= ``offset`` (a batch straddling it goes whole, so the
+        log end may land below ``offset``). At or below log_start_offset the log restarts there.
+
+        Local readers must not hold views above the new end: the file shrinks under their mmap."""
+        if offset >= self.log_end_offset:
+            return
+        if offset <= self.log_start_offset:
+            self._delete_segments(list(self._segments))  # first: the new one may reuse a name
+            self._segments = [self._new_segment(self.directory, self.config, offset)]
+            self._bases = [offset]
+        else:
+            keep = bisect.bisect_right(self._bases, offset) - 1
+            self._delete_segments(self._segments[keep + 1 :])
+            active = self._segments[-1]
+            found = active.find(offset)
+            if found is not None:
+                position, header = found
+                active.truncate_at(position, header.base_offset)
+        self._active_since_ms = self._segments[-1].first_timestamp_ms
+        if self.config.preallocate:
+            self._segments[-1].preallocate(self.config.segment_bytes)
+        if self.recovery_point > self.log_end_offset:
+            self.recovery_point = self.log_end_offset
+            recovery.write_recovery_point(self.directory, self.recovery_point)
+        fsync_dir(self.directory)
+
+    def statistics(self) -> LogStatistics:
+        return LogStatistics(
+            segments=len(self._segments),
+            size_bytes=sum(s.size_bytes for s in self._segments),
+            log_start_offset=self.log_start_offset,
+            log_end_offset=self.log_end_offset,
+            recovery_point=self.recovery_point,
+            unflushed_messages=self._unflushed_messages,
+            active_segment_bytes=self._segments[-1].size_bytes,
+            bytes_cut_at_open=self.bytes_cut_at_open,
+            recovered_at_open=self.recovered_at_open,
+        )
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000

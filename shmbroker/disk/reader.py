@@ -1,0 +1,173 @@
+"""Read-only access to a partition log from another process (local consumers).
+
+The partition worker appends; any number of ``LogReader`` processes mmap the same segment files
+read-only and serve whole batches below the high watermark the worker publishes (``upto_offset``).
+A reader never takes a lock, never writes a file, and cannot wedge the worker.
+
+Why it cannot crash (SIGBUS) or read torn bytes:
+- every batch with base offset < ``upto_offset`` was fully written before the watermark was
+  published, and the segment list is re-read after the caller got ``upto_offset`` whenever a read
+  touches the last known segment, so every segment holding offsets below it is known;
+- the reader never looks at a header it does not need: it stops after the batch holding
+  ``min(upto_offset, next segment base) - 1`` instead of peeking at the next one, so it never
+  touches a preallocated tail that a roll may have cut from under its mapping;
+- a segment deleted by retention stays mapped while views into it live (the inode survives), but
+  a new read below the first remaining segment gets OffsetOutOfRangeError.
+``truncate_to`` in the worker (replication) shrinks files: readers must stay below the watermark.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+import os
+from pathlib import Path
+
+import numpy as np
+
+from shmbroker.disk.files import INDEX_SUFFIX, LOG_SUFFIX, list_segment_bases, segment_name
+from shmbroker.disk.index import INDEX_ENTRY
+from shmbroker.errors import CorruptRecordError, OffsetOutOfRangeError
+from shmbroker.records import BATCH_HEADER, HEADER_BYTES, MAGIC, MIN_BATCH_LENGTH, BatchHeader
+
+
+class _MappedSegment:
+    """One segment's ``.log`` mapped read-only and its ``.index`` as native columns."""
+
+    def __init__(self, directory: Path, base_offset: int) -> None:
+        self.base_offset = base_offset
+        self.path = directory / segment_name(base_offset, LOG_SUFFIX)
+        self.index_path = directory / segment_name(base_offset, INDEX_SUFFIX)
+        self._map: mmap.mmap | None = None
+        self.mapped_bytes = 0
+        self.offsets = np.empty(0, dtype=np.uint32)  # relative offsets of indexed batch starts
+        self.positions = np.empty(0, dtype=np.uint32)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def remap(self) -> None:
+        """Map the file at its current length (called when a read needs bytes past the mapping)."""
+        with open(self.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > self.mapped_bytes:
+                # The old map is dropped, not closed: views handed out keep it alive.
+                self._map = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
+                self.mapped_bytes = size
+
+    def refresh_index(self) -> None:
+        """Pick up entries the worker appended since; a torn last entry waits for next time."""
+        try:
+            with open(self.index_path, "rb") as f:
+                f.seek(len(self.offsets) * INDEX_ENTRY.itemsize)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        new = np.frombuffer(data[: len(data) - len(data) % INDEX_ENTRY.itemsize], dtype=INDEX_ENTRY)
+        if len(new):
+            self.offsets = np.concatenate([self.offsets, new["relative_offset"].astype(np.uint32)])
+            self.positions = np.concatenate([self.positions, new["position"].astype(np.uint32)])
+
+    def header_at(self, position: int) -> BatchHeader:
+        if position + HEADER_BYTES > self.mapped_bytes:
+            self.remap()
+        if self._map is None or position + HEADER_BYTES > self.mapped_bytes:
+            raise CorruptRecordError(f"{self.path}: batch header at {position} is past the file end")
+        header = BatchHeader._make(BATCH_HEADER.unpack_from(self._map, position))
+        if header.magic != MAGIC or header.batch_length < MIN_BATCH_LENGTH:
+            raise CorruptRecordError(f"{self.path}: no batch header at position {position}")
+        if position + header.size_bytes > self.mapped_bytes:
+            self.remap()
+        return header
+
+    def _index_floor(self, column: np.ndarray, key: int) -> tuple[int, int]:
+        """(offset, position) of the last index entry whose ``column`` value is <= key; else the start."""
+        i = int(np.searchsorted(column, key, side="right")) - 1
+        if i < 0:
+            return self.base_offset, 0
+        return self.base_offset + int(self.offsets[i]), int(self.positions[i])
+
+    def read(self, offset: int, max_bytes: int, limit_offset: int) -> memoryview | None:
+        """Whole batches from the one holding ``offset``, none starting at or past ``limit_offset``."""
+        _, position = self._index_floor(self.offsets, max(0, offset - self.base_offset))
+        while True:  # find the batch holding offset; all these batches lie below limit_offset
+            header = self.header_at(position)
+            if header.last_offset >= offset:
+                break
+            if header.next_offset >= limit_offset:
+                return None
+            position += header.size_bytes
+        start, end, next_offset = position, position + header.size_bytes, header.next_offset
+        # Every batch before both index entries fits in max_bytes and starts below limit_offset
+        # (index positions are batch starts), so jump there and walk only the rest.
+        jump = min(
+            self._index_floor(self.positions, start + max_bytes),
+            self._index_floor(self.offsets, limit_offset - self.base_offset),
+        )
+        if jump[1] > end:
+            next_offset, end = jump
+        while next_offset < limit_offset:
+            header = self.header_at(end)
+            if end + header.size_bytes - start > max_bytes:
+                break
+            end += header.size_bytes
+            next_offset = header.next_offset
+        assert self._map is not None
+        return memoryview(self._map)[start:end]
+
+
+class LogReader:
+    """Reads one partition directory without ever writing it. One per consumer, not thread-safe."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._segments: dict[int, _MappedSegment] = {}
+        self._bases: list[int] = []
+        self._relist()
+
+    def _relist(self) -> None:
+        bases = list_segment_bases(self.directory)
+        self._segments = {b: self._segments.get(b) or _MappedSegment(self.directory, b) for b in bases}
+        self._bases = bases
+
+    @property
+    def log_start_offset(self) -> int | None:
+        return self._bases[0] if self._bases else None
+
+    def read(self, offset: int, max_bytes: int, *, upto_offset: int) -> memoryview | None:
+        """Whole batches from the one holding ``offset``: at least one, else up to max_bytes; none
+        whose base offset is >= ``upto_offset``. None when ``offset >= upto_offset``.
+
+        The view points into a read-only mapping; it stays valid as long as it is referenced."""
+        if offset >= upto_offset:
+            if self._bases and offset < self._bases[0]:
+                raise OffsetOutOfRangeError(f"offset {offset} is below {self._bases[0]}")
+            return None
+        i = bisect.bisect_right(self._bases, offset) - 1
+        if i < 0 or i == len(self._bases) - 1 or not self._segments[self._bases[i]].exists():
+            self._relist()  # after the caller read upto_offset: lists every segment below it
+            i = bisect.bisect_right(self._bases, offset) - 1
+        if i < 0:
+            start = self._bases[0] if self._bases else "nothing"
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is below the log start ({start}) in {self.directory}"
+            )
+        while i < len(self._bases):
+            segment = self._segments[self._bases[i]]
+            next_base = self._bases[i + 1] if i + 1 < len(self._bases) else upto_offset
+            limit = min(upto_offset, next_base)
+            if i == len(self._bases) - 1:
+                segment.refresh_index()
+            try:
+                found = segment.read(offset, max_bytes, limit) if offset < limit else None
+            except FileNotFoundError as exc:
+                raise OffsetOutOfRangeError(f"segment {segment.path} was deleted") from exc
+            if found is not None:
+                return found
+            i += 1
+        return None
+
+    def close(self) -> None:
+        """Drop the mappings (views already handed out keep theirs alive)."""
+        self._segments.clear()
+        self._bases = []

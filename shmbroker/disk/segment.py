@@ -1,0 +1,302 @@
+"""One segment of a partition log: a ``.log`` file of record batches plus two sparse indexes.
+
+    00000000000000001234.log        batches in offset order; the first one starts at offset 1234
+    00000000000000001234.index      (relative offset, position) every ~index_interval_bytes
+    00000000000000001234.timeindex  (largest timestamp so far, relative offset), same rhythm
+
+``size_bytes`` is the logical end: with ``log.preallocate`` the file is longer (zero-filled up to
+``segment_bytes``) until ``seal()`` or ``close()`` cuts it back. Writes are ``pwritev`` at
+``size_bytes``, so a failed or partial write is simply overwritten by the next one.
+Reads batch headers only, never inside batches. One partition worker owns it; not thread-safe.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from shmbroker import records
+from shmbroker.disk.files import INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX, segment_name
+from shmbroker.disk.index import OffsetIndex
+from shmbroker.disk.timeindex import TimeIndex
+from shmbroker.errors import CorruptRecordError, KafkaStorageError
+from shmbroker.records import HEADER_BYTES, MIN_BATCH_LENGTH, BatchHeader, parse_batch_header
+
+WALK_CHUNK_BYTES = 8192  # one pread covers the headers of a few small batches
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+MAX_RELATIVE_OFFSET = 2**32 - 1  # index entries hold offsets relative to the base as u32
+# How a preallocated segment gets its length: "ftruncate" (sparse, as Kafka's setLength) or
+# "fallocate" (blocks reserved). perf/bench_disk.py measures both; see the report there.
+PREALLOCATE_WITH = "ftruncate"
+
+
+def pwritev_all(fd: int, views: Sequence[memoryview], position: int) -> None:
+    """Write every byte of ``views`` at ``position``, looping over short writes and IOV_MAX."""
+    pending = list(views)
+    while pending:
+        group = pending[:IOV_MAX]
+        written = os.pwritev(fd, group, position)
+        position += written
+        consumed = 0
+        for view in group:  # drop what was written; keep the unwritten part of a cut buffer
+            if written >= len(view):
+                written -= len(view)
+                consumed += 1
+            else:
+                group[consumed] = view[written:]
+                break
+        pending = group[consumed:] + pending[len(group) :]
+
+
+class Segment:
+    """The files of one segment and what the owner knows about them: sizes, offsets, timestamps."""
+
+    def __init__(
+        self, directory: Path, base_offset: int, *, index_interval_bytes: int, index_max_entries: int
+    ) -> None:
+        self.base_offset = self.next_offset = base_offset
+        self.path = directory / segment_name(base_offset, LOG_SUFFIX)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.file_bytes = os.fstat(self._fd).st_size  # the file's length, >= size_bytes
+        self.size_bytes = self.file_bytes  # the logical end, set right by load() or recover()
+        self.index = OffsetIndex(
+            directory / segment_name(base_offset, INDEX_SUFFIX), max_entries=index_max_entries
+        )
+        self.timeindex = TimeIndex(
+            directory / segment_name(base_offset, TIMEINDEX_SUFFIX), max_entries=index_max_entries
+        )
+        self.max_timestamp_ms = -1  # largest batch max_timestamp in the segment
+        self.first_timestamp_ms: int | None = None  # of the first batch: when roll.ms counts from
+        self._index_interval_bytes = index_interval_bytes
+        self._bytes_since_index_entry = 0
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    @property
+    def is_empty(self) -> bool:
+        return self.size_bytes == 0
+
+    # ---- opening -------------------------------------------------------------------------------
+    def load_clean(self) -> bool:
+        """After a clean shutdown: trust the file size and the indexes if they look sane.
+
+        Finds next_offset from the last indexed batch with a short header walk. Returns False if
+        something is off (then the caller runs ``recover()`` on this segment instead).
+        """
+        if not self.index.is_sane(self.size_bytes) or not self.timeindex.is_sane():
+            return False
+        _, position = self.index.lookup(MAX_RELATIVE_OFFSET)
+        last: BatchHeader | None = None
+        end = position
+        try:
+            for pos, header in self.walk(position):
+                last, end = header, pos + header.size_bytes
+        except CorruptRecordError:
+            return False
+        if last is None:
+            return position == 0 and self.size_bytes == 0
+        if end != self.size_bytes:
+            return False
+        self.next_offset = last.next_offset
+        self.max_timestamp_ms = max(self.timeindex.last_timestamp_ms, last.max_timestamp_ms)
+        self.first_timestamp_ms = parse_batch_header(os.pread(self._fd, HEADER_BYTES, 0)).max_timestamp_ms
+        self._bytes_since_index_entry = self.size_bytes - position
+        return True
+
+    def rebuild_indexes(self, found: list[tuple[int, BatchHeader]]) -> None:
+        """Index a verified run of batches (from ``records.scan_valid_prefix``) from scratch.
+
+        Same entries as appending them one by one (``_index_batch``), built with numpy: recovery
+        of small batches spent 40% of its time here when it went entry by entry."""
+        self.index.truncate_entries(0)
+        self.timeindex.truncate_entries(0)
+        self.size_bytes, self.next_offset = 0, self.base_offset
+        self.max_timestamp_ms, self.first_timestamp_ms = -1, None
+        self._bytes_since_index_entry = 0
+        if found:
+            indexed, since = [], 0
+            interval = self._index_interval_bytes
+            for k, (_, header) in enumerate(found):  # Kafka's rule, sequential by nature
+                if since > interval:
+                    indexed.append(k)
+                    since = 0
+                since += header.size_bytes
+            positions = np.fromiter((p for p, _ in found), dtype=np.int64, count=len(found))
+            bases = np.fromiter((h.base_offset for _, h in found), dtype=np.int64, count=len(found))
+            running_max = np.maximum.accumulate(
+                np.fromiter((h.max_timestamp_ms for _, h in found), dtype=np.int64, count=len(found))
+            )
+            at = np.asarray(indexed, dtype=np.int64)
+            self.index.extend(bases[at] - self.base_offset, positions[at])
+            stamps, relative = running_max[at], bases[at] - self.base_offset
+            grows = np.concatenate([[True], np.diff(stamps) > 0]) if len(at) else np.zeros(0, dtype=bool)
+            self.timeindex.extend(stamps[grows], relative[grows])
+            last_position, last = found[-1]
+            self.size_bytes, self.next_offset = last_position + last.size_bytes, last.next_offset
+            self.max_timestamp_ms, self.first_timestamp_ms = (
+                int(running_max[-1]),
+                found[0][1].max_timestamp_ms,
+            )
+            self._bytes_since_index_entry = since
+        self.index.persist()
+        self.timeindex.persist()
+
+    # ---- writing -------------------------------------------------------------------------------
+    def preallocate(self, segment_bytes: int) -> None:
+        """Give the file its full length now (``log.preallocate``); ``trim()`` gives it back."""
+        if self.file_bytes >= segment_bytes:
+            return
+        if PREALLOCATE_WITH == "fallocate":
+            os.posix_fallocate(self._fd, 0, segment_bytes)
+        else:
+            os.ftruncate(self._fd, segment_bytes)
+        self.file_bytes = segment_bytes
+
+    def can_take(self, pending_bytes: int, last_offset: int, segment_bytes: int, *, alone: bool) -> bool:
+        """Would ``pending_bytes`` of batches ending at ``last_offset`` fit without a roll?
+
+        ``alone``: the pending bytes are one batch, which an empty segment takes whatever its size."""
+        room = self.index.max_entries - self.index.count
+        time_room = self.timeindex.max_entries - self.timeindex.count
+        entries = pending_bytes // self._index_interval_bytes + 1  # at most one per interval
+        return (
+            (self.size_bytes + pending_bytes <= segment_bytes or (alone and self.is_empty))
+            and last_offset - self.base_offset <= MAX_RELATIVE_OFFSET
+            and (entries <= min(room, time_room) or (alone and self.is_empty))
+        )
+
+    def append(self, views: Sequence[memoryview], headers: Sequence[BatchHeader]) -> list[int]:
+        """Write whole, checked, stamped batches starting at next_offset; return their positions."""
+        start = self.size_bytes
+        try:
+            pwritev_all(self._fd, views, start)
+        except OSError as exc:  # ENOSPC, EIO: nothing counts as written; the next pwritev overwrites
+            raise KafkaStorageError(f"write to {self.path} at {start} failed: {exc}") from exc
+        positions = []
+        position = start
+        for header in headers:
+            positions.append(position)
+            self._index_batch(position, header)
+            position += header.size_bytes
+        self.size_bytes = position
+        self.file_bytes = max(self.file_bytes, position)
+        self.next_offset = headers[-1].next_offset
+        self.index.persist()
+        self.timeindex.persist()
+        return positions
+
+    def _index_batch(self, position: int, header: BatchHeader) -> None:
+        """Kafka's rule: an entry when more than index_interval_bytes went by since the last one."""
+        if self.first_timestamp_ms is None:
+            self.first_timestamp_ms = header.max_timestamp_ms
+        self.max_timestamp_ms = max(self.max_timestamp_ms, header.max_timestamp_ms)
+        if self._bytes_since_index_entry > self._index_interval_bytes:
+            relative = header.base_offset - self.base_offset
+            self.index.append(relative, position)
+            self.timeindex.maybe_append(self.max_timestamp_ms, relative)
+            self._bytes_since_index_entry = 0
+        self._bytes_since_index_entry += header.size_bytes
+
+    def truncate_at(self, position: int, next_offset: int) -> None:
+        """Cut the log at a batch boundary and drop index entries for what was cut."""
+        os.ftruncate(self._fd, position)
+        self.size_bytes = self.file_bytes = position
+        self.next_offset = next_offset
+        self.index.truncate_to_offset(next_offset - self.base_offset)
+        self.timeindex.truncate_to_offset(next_offset - self.base_offset)
+        self._bytes_since_index_entry = position - self.index.lookup(MAX_RELATIVE_OFFSET)[1]
+
+    def seal(self) -> None:
+        """No more appends: final timeindex entry (the segment's max timestamp), trim, persist."""
+        if not self.is_empty:
+            last_rel = int(self.timeindex.column("relative_offset")[-1]) if self.timeindex.count else 0
+            self.timeindex.maybe_append(self.max_timestamp_ms, last_rel)
+        self.trim()
+        self.index.persist()
+        self.timeindex.persist()
+
+    def trim(self) -> None:
+        """Give back the preallocated tail beyond the data."""
+        if self.file_bytes > self.size_bytes:
+            os.ftruncate(self._fd, self.size_bytes)
+            self.file_bytes = self.size_bytes
+
+    def flush(self) -> None:
+        os.fdatasync(self._fd)
+        self.index.flush()
+        self.timeindex.flush()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.index.close()
+            self.timeindex.close()
+            os.close(self._fd)
+            self._fd = -1
+
+    def delete(self) -> None:
+        """Close and unlink the three files; readers' mmaps stay valid (the inode lives on)."""
+        self.close()
+        for path in (self.path, self.index.path, self.timeindex.path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    # ---- reading -------------------------------------------------------------------------------
+    def walk(self, position: int, end: int | None = None) -> Iterator[tuple[int, BatchHeader]]:
+        """(position, header) of each batch from ``position`` (a batch start) to ``end``.
+
+        Checks only that a header is plausible (magic, length), so damage cannot loop it; CRCs are
+        for recovery and ``dump-log --verify``.
+        """
+        end = self.size_bytes if end is None else end
+        buf, buf_start = b"", position
+        while position + HEADER_BYTES <= end:
+            if position + HEADER_BYTES > buf_start + len(buf):
+                buf, buf_start = os.pread(self._fd, WALK_CHUNK_BYTES, position), position
+            header = parse_batch_header(buf, position - buf_start)
+            if header.magic != records.MAGIC or header.batch_length < MIN_BATCH_LENGTH:
+                raise CorruptRecordError(f"{self.path}: no batch header at position {position}")
+            yield position, header
+            position += header.size_bytes
+
+    def find(self, offset: int) -> tuple[int, BatchHeader] | None:
+        """The batch holding ``offset`` (or the first one after it), or None past the end."""
+        _, start = self.index.lookup(max(0, offset - self.base_offset))
+        for position, header in self.walk(start):
+            if header.last_offset >= offset:
+                return position, header
+        return None
+
+    def read(self, offset: int, max_bytes: int, upto_offset: int) -> tuple[int, int] | None:
+        """(position, size) of whole batches from the one holding ``offset``: at most max_bytes but
+        at least one batch, none starting at or beyond ``upto_offset``. None if nothing qualifies."""
+        found = self.find(offset)
+        if found is None or found[1].base_offset >= upto_offset:
+            return None
+        start, first = found
+        end, limit = start + first.size_bytes, start + max_bytes
+        if end >= limit or end >= self.size_bytes:
+            return start, end - start
+        # Every batch before both index positions below fits in max_bytes and starts below
+        # upto_offset (index positions are batch starts), so jump there and walk only the rest.
+        _, by_bytes = self.index.lookup_position(limit)
+        _, by_offset = self.index.lookup(max(0, upto_offset - self.base_offset))
+        end = max(end, min(by_bytes, by_offset))
+        for position, header in self.walk(end):
+            if position + header.size_bytes > limit or header.base_offset >= upto_offset:
+                break
+            end = position + header.size_bytes
+        return start, end - start
+
+    def read_bytes(self, position: int, size: int) -> bytes:
+        return os.pread(self._fd, size, position)
+
+    def __repr__(self) -> str:
+        offsets = f"{self.base_offset}..{self.next_offset}"
+        return f"Segment({self.path.name}, offsets {offsets}, {self.size_bytes} B)"

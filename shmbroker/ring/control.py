@@ -1,0 +1,288 @@
+"""Per-partition control block: the partition worker's public state, readable by anyone without asking.
+
+Little-endian, 320 bytes::
+
+    offset size field                                   written by
+         0    4 magic b"SHBC"                            supervisor, at creation
+         4    2 version (1)                              supervisor, at creation
+         8    4 partition_id (u32)                       supervisor, at creation
+        64   64 worker doorbell name (ASCII, NUL-padded) supervisor, at creation
+       128    8 seq: odd while an update is in progress  worker
+       136    4 state (WorkerState)            \\         worker, all of these under seq
+       140    4 worker_pid                      |
+       144    4 leader_epoch (i32), 4 reserved  |
+       152    8 log_start_offset                |
+       160    8 log_end_offset                  |
+       168    8 high_watermark                  |
+       176    8 segment_generation: bumped on    |
+                roll and retention; readers      |
+                re-list segment files on change  |
+       184    8 update_time_ns (time.time_ns)    |
+       192   56 counters u64: batches_in,        |
+                records_in, bytes_in, errors     |
+                corrupt/too_large/storage/other /
+       256    4 worker sleeping flag (doorbell.py) worker; read by producers
+       320      end
+
+Seqlock: the single writer makes ``seq`` odd, stores the snapshot, makes ``seq`` even again (x86-64
+keeps the three stores in order). A reader loads ``seq``, the snapshot, ``seq``, and accepts only an even,
+unchanged value, so ``(log_end_offset, high_watermark)`` is never torn. No lock exists that a dead
+process could hold: a worker killed mid-update leaves ``seq`` odd, and readers give up after a bounded
+time with ``BrokenError`` until the restarted worker re-initializes the block.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from enum import IntEnum
+from typing import NamedTuple
+
+from shmbroker.errors import BrokenError
+from shmbroker.ring.block import SharedBlock, new_name
+from shmbroker.ring.doorbell import FLAG, Bell, Doorbell, WakeFlag
+from shmbroker.ring.layout import CACHE_LINE, get_name, put_ascii
+
+
+class WorkerState(IntEnum):
+    STARTING = 0
+    READY = 1
+    STOPPING = 2
+
+
+class ErrorKind(IntEnum):
+    CORRUPT = 0
+    TOO_LARGE = 1
+    STORAGE = 2
+    OTHER = 3
+
+
+class ControlSnapshot(NamedTuple):
+    state: int
+    worker_pid: int
+    leader_epoch: int
+    log_start_offset: int
+    log_end_offset: int
+    high_watermark: int
+    segment_generation: int
+    update_time_ns: int
+    batches_in: int
+    records_in: int
+    bytes_in: int
+    errors_corrupt: int
+    errors_too_large: int
+    errors_storage: int
+    errors_other: int
+
+
+CONTROL_MAGIC = b"SHBC"
+CONTROL_VERSION = 1
+IDENTITY = struct.Struct("<4sH2xI")  # magic, version, partition_id
+NAME_FIELD_BYTES = CACHE_LINE
+DOORBELL_NAME_OFFSET = CACHE_LINE
+SEQ_OFFSET = 2 * CACHE_LINE
+SEQ = struct.Struct("<Q")
+SNAPSHOT = struct.Struct("<IIi4xqqqQQ7Q")  # one code per ControlSnapshot field, in order
+SNAPSHOT_OFFSET = SEQ_OFFSET + SEQ.size
+SLEEPING_OFFSET = 4 * CACHE_LINE  # its own cache line: producers poll it on every notify
+CONTROL_BYTES = 5 * CACHE_LINE
+READ_DEADLINE_S = 0.05  # a writer preempted mid-update on a busy 2-core host keeps seq odd for ~1 ms
+
+
+def init_control(region: memoryview, *, partition_id: int, doorbell_name: str) -> None:
+    """Format a control block (supervisor, before any worker or reader learns its name)."""
+    if len(region) < CONTROL_BYTES:
+        raise ValueError(f"control block needs {CONTROL_BYTES} bytes, got {len(region)}")
+    region[:CONTROL_BYTES] = bytes(CONTROL_BYTES)
+    IDENTITY.pack_into(region, 0, CONTROL_MAGIC, CONTROL_VERSION, partition_id)
+    put_ascii(region, DOORBELL_NAME_OFFSET, NAME_FIELD_BYTES, doorbell_name)
+    SNAPSHOT.pack_into(region, SNAPSHOT_OFFSET, *_EMPTY)
+
+
+_EMPTY = ControlSnapshot(WorkerState.STARTING, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def seq_cell(region: memoryview) -> memoryview:
+    """The seq field as a one-item native u64 view (whole 8-byte loads and stores); caller releases it."""
+    return region[SEQ_OFFSET : SEQ_OFFSET + SEQ.size].cast("Q")
+
+
+def check_control(region: memoryview) -> tuple[int, str]:
+    """Check magic and version; return ``(partition_id, worker doorbell name)``. ``BrokenError`` if bad."""
+    if len(region) < CONTROL_BYTES:
+        raise BrokenError(f"control block of {len(region)} bytes; need {CONTROL_BYTES}")
+    magic, version, partition_id = IDENTITY.unpack_from(region, 0)
+    if magic != CONTROL_MAGIC or version != CONTROL_VERSION:
+        raise BrokenError(f"not a control block: magic {magic!r} version {version}")
+    return partition_id, get_name(region, DOORBELL_NAME_OFFSET, NAME_FIELD_BYTES)
+
+
+class ControlWriter:
+    """The partition worker's end: the only writer of everything past offset 128. Not thread-safe."""
+
+    def __init__(self, region: memoryview, *, bell: Bell | None = None) -> None:
+        self.partition_id, self.doorbell_name = check_control(region)
+        self._buf = region
+        # seq goes through a 'Q' cast: one 8-byte store (struct.pack_into zero-fills first; layout.py).
+        self._seq_cell = seq_cell(region)
+        # Start from an even seq whatever a killed predecessor left behind.
+        self._seq = (self._seq_cell[0] + 1) & ~1
+        self._seq_cell[0] = self._seq
+        self.current = _EMPTY._replace(worker_pid=os.getpid())
+        self.wake_flag = WakeFlag(region, SLEEPING_OFFSET, bell)
+        self._owned: tuple[SharedBlock, Doorbell] | None = None
+        self.publish(self.current)  # our pid and STARTING, visible at once
+
+    @classmethod
+    def attach(cls, name: str) -> ControlWriter:
+        """The worker's end over the shm block ``name``, with its doorbell opened; close() closes both."""
+        block = SharedBlock.attach(name, min_bytes=CONTROL_BYTES)
+        try:
+            _, doorbell_name = check_control(block.view)
+            bell = Doorbell.attach(doorbell_name)
+        except BaseException:
+            block.close()
+            raise
+        writer = cls(block.slice(0, CONTROL_BYTES), bell=bell)
+        writer._owned = (block, bell)
+        return writer
+
+    def publish(self, snapshot: ControlSnapshot) -> None:
+        """Store ``snapshot`` (stamped with the current time) under the seqlock."""
+        snapshot = snapshot._replace(update_time_ns=time.time_ns())
+        cell, seq = self._seq_cell, self._seq
+        cell[0] = seq + 1  # odd: update in progress
+        SNAPSHOT.pack_into(self._buf, SNAPSHOT_OFFSET, *snapshot)
+        cell[0] = seq + 2  # even: the snapshot is whole
+        self._seq = seq + 2
+        self.current = snapshot
+
+    def set_state(self, state: WorkerState) -> None:
+        self.publish(self.current._replace(state=state))
+
+    def record_append(
+        self, *, log_end_offset: int, high_watermark: int, batches: int, records: int, n_bytes: int
+    ) -> None:
+        """After one drain's append: new offsets and counters, published together."""
+        c = self.current
+        self.publish(
+            c._replace(
+                log_end_offset=log_end_offset,
+                high_watermark=high_watermark,
+                batches_in=c.batches_in + batches,
+                records_in=c.records_in + records,
+                bytes_in=c.bytes_in + n_bytes,
+            )
+        )
+
+    def count_error(self, kind: ErrorKind, n: int = 1) -> None:
+        field = ("errors_corrupt", "errors_too_large", "errors_storage", "errors_other")[kind]
+        self.publish(self.current._replace(**{field: getattr(self.current, field) + n}))
+
+    def bump_segment_generation(self, *, log_start_offset: int) -> None:
+        """After a roll or a retention pass: readers re-list segment files."""
+        c = self.current
+        self.publish(
+            c._replace(segment_generation=c.segment_generation + 1, log_start_offset=log_start_offset)
+        )
+
+    def close(self) -> None:
+        self.wake_flag.close()
+        self._seq_cell.release()
+        self._buf.release()
+        if self._owned:
+            block, bell = self._owned
+            bell.close()
+            block.close()
+
+
+class ControlReader:
+    """Anyone's end: reads snapshots, never writes. Safe against a writer killed at any instruction."""
+
+    def __init__(self, region: memoryview) -> None:
+        self.partition_id, self.doorbell_name = check_control(region)
+        self._buf = region
+        self._seq_cell = seq_cell(region)
+        self._block: SharedBlock | None = None
+
+    @classmethod
+    def attach(cls, name: str) -> ControlReader:
+        block = SharedBlock.attach(name, min_bytes=CONTROL_BYTES)
+        try:
+            reader = cls(block.slice(0, CONTROL_BYTES))
+        except BaseException:
+            block.close()
+            raise
+        reader._block = block
+        return reader
+
+    def read(self, deadline_s: float = READ_DEADLINE_S) -> ControlSnapshot:
+        """A consistent snapshot. ``BrokenError`` if the writer stays mid-update for ``deadline_s``."""
+        buf, cell = self._buf, self._seq_cell
+        deadline = 0.0
+        while True:
+            # Up to 100 quick tries, then yield the CPU (the writer may be descheduled) until the deadline.
+            for _ in range(100):
+                before = cell[0]
+                if not before & 1:
+                    snapshot = SNAPSHOT.unpack_from(buf, SNAPSHOT_OFFSET)
+                    if cell[0] == before:
+                        return ControlSnapshot._make(snapshot)
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + deadline_s
+            elif now > deadline:
+                raise BrokenError(
+                    f"control block of partition {self.partition_id} stuck mid-update (seq {before})"
+                )
+            os.sched_yield()
+
+    def offsets(self) -> tuple[int, int]:
+        """``(log_end_offset, high_watermark)``, a consistent pair."""
+        snapshot = self.read()
+        return snapshot.log_end_offset, snapshot.high_watermark
+
+    @property
+    def worker_sleeping(self) -> bool:
+        return bool(FLAG.unpack_from(self._buf, SLEEPING_OFFSET)[0])
+
+    def close(self) -> None:
+        self._seq_cell.release()
+        self._buf.release()
+        if self._block is not None:
+            self._block.close()
+
+
+class ControlBlock:
+    """The supervisor's handle: it created the block and the worker's doorbell, and unlinks both."""
+
+    def __init__(self, block: SharedBlock, doorbell: Doorbell) -> None:
+        self.block, self.doorbell = block, doorbell
+        self.name = block.name
+
+    def close(self) -> None:
+        self.doorbell.close()
+        self.block.close()
+
+    def unlink(self) -> None:
+        self.doorbell.unlink()
+        self.block.unlink()
+
+
+def create_control(partition_id: int, *, name: str | None = None) -> tuple[str, ControlBlock]:
+    """Supervisor: create and format a control block and its worker doorbell (both 0600, O_CREX).
+
+    The doorbell semaphore takes the block's own name (POSIX keeps the two namespaces apart), so one
+    name identifies, and one cleanup removes, both.
+    """
+    name = name or new_name()
+    doorbell = Doorbell.create(name)
+    try:
+        block = SharedBlock.create(CONTROL_BYTES, name=name)
+    except BaseException:
+        doorbell.close()
+        doorbell.unlink()
+        raise
+    init_control(block.view, partition_id=partition_id, doorbell_name=doorbell.name)
+    return block.name, ControlBlock(block, doorbell)

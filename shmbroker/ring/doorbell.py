@@ -1,0 +1,160 @@
+"""Doorbells: wake a sleeping consumer without a syscall on the producer's fast path.
+
+``Doorbell`` wraps a named POSIX semaphore (posix_ipc; created O_CREX, mode 0600, by the broker, which
+also unlinks it). ``WakeFlag`` adds the sleeping-flag protocol over a u32 in shared memory:
+
+    consumer (sleeper)                         producer (ringer)
+    1. store flag = 1                          a. commit: store write position
+    2. re-check its rings; if work: flag = 0   b. load flag
+    3. wait on the semaphore, timeout T        c. if flag == 1: post the semaphore
+    4. store flag = 0
+
+Each side does a store then a load of the other's location (Dekker). x86-64 (TSO) may let a load pass
+an earlier store to another address, so without a full fence both sides can miss each other: the
+producer reads flag == 0 while the consumer reads the old write position and sleeps on unseen work.
+``full_fence()`` (an uncontended ``threading.Lock`` acquire: glibc's ``sem_trywait`` is a ``lock
+cmpxchg``, which x86 serializes against all earlier stores) closes that window as far as CPython
+allows, but Python promises no memory order, so correctness rests on the *bounded* wait: a lost
+wakeup delays the consumer by at most T (default 2 ms), never forever. Semaphore posts may pile up
+(several producers ring one sleeper); the sleeper drains them after waking, so the count stays small
+and a stale post costs one spurious wakeup.
+
+Owning process: the sleeper writes the flag; any number of producers read it and ring.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import posix_ipc
+
+from shmbroker.errors import BrokenError
+from shmbroker.ring.block import MODE, new_name
+
+DEFAULT_WAIT_S = 0.002
+FLAG = struct.Struct("<I")
+_FENCE = threading.Lock()
+
+
+def full_fence() -> None:
+    """Best-effort full memory barrier: a locked read-modify-write (see the module docstring)."""
+    if _FENCE.acquire(False):
+        _FENCE.release()
+
+
+class Bell(Protocol):
+    def ring(self) -> None: ...
+    def wait(self, timeout_s: float) -> bool: ...
+
+
+class Doorbell:
+    """A named POSIX semaphore used as a doorbell. ``ring`` posts; ``wait`` blocks at most ``timeout_s``."""
+
+    def __init__(self, semaphore: posix_ipc.Semaphore, *, created: bool) -> None:
+        self._sem = semaphore
+        self.name: str = semaphore.name
+        self.created = created
+
+    @classmethod
+    def create(cls, name: str | None = None) -> Doorbell:
+        """A new semaphore at 0 (O_CREX, mode 0600). The creator unlinks it."""
+        return cls(
+            posix_ipc.Semaphore(name or new_name(), posix_ipc.O_CREX, mode=MODE, initial_value=0),
+            created=True,
+        )
+
+    @classmethod
+    def attach(cls, name: str) -> Doorbell:
+        try:
+            return cls(posix_ipc.Semaphore(name), created=False)
+        except posix_ipc.ExistentialError as exc:
+            raise BrokenError(f"doorbell {name} does not exist (its creator unlinked it or died)") from exc
+
+    def ring(self) -> None:
+        """Wake one waiter (sem_post: a futex syscall only if someone sleeps)."""
+        self._sem.release()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until rung or ``timeout_s`` passes; True if rung. Drains extra posts (no pile-up)."""
+        try:
+            self._sem.acquire(timeout_s)
+        except posix_ipc.BusyError:
+            return False
+        while True:
+            try:
+                self._sem.acquire(0)
+            except posix_ipc.BusyError:
+                return True
+
+    def close(self) -> None:
+        self._sem.close()
+
+    def unlink(self) -> None:
+        """Remove the name (creator only); idempotent."""
+        try:
+            posix_ipc.unlink_semaphore(self.name)
+        except posix_ipc.ExistentialError:
+            pass
+
+
+class LocalBell:
+    """A doorbell for threads of one process (unit tests, and in-process lanes)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        rung = self._event.wait(timeout_s)
+        self._event.clear()
+        return rung
+
+
+class WakeFlag:
+    """The sleeping flag at ``offset`` in ``region`` plus the bell that goes with it.
+
+    Holds its own small view of ``region``; ``close`` releases it. A ``bell`` of None means nobody can
+    be woken: the sleeper then just sleeps ``timeout_s`` (polling) and ``notify`` is a load.
+    """
+
+    def __init__(self, region: memoryview, offset: int, bell: Bell | None) -> None:
+        if offset % FLAG.size or offset + FLAG.size > len(region):
+            raise ValueError(f"flag offset {offset} outside or misaligned in a {len(region)}-byte region")
+        # A one-item native u32 view: whole stores, unlike struct.pack_into (see layout.py).
+        self._cell, self.bell = region[offset : offset + FLAG.size].cast("I"), bell
+
+    @property
+    def sleeping(self) -> bool:
+        return bool(self._cell[0])
+
+    def sleep(self, ready: Callable[[], bool], timeout_s: float = DEFAULT_WAIT_S) -> bool:
+        """Sleeper side: announce, re-check ``ready``, wait at most ``timeout_s``. True if woken or ready."""
+        self._cell[0] = 1
+        full_fence()  # order the flag store before the loads ready() makes
+        try:
+            if ready():
+                return True
+            if self.bell is None:
+                time.sleep(timeout_s)
+                return False
+            return self.bell.wait(timeout_s)
+        finally:
+            self._cell[0] = 0
+
+    def notify(self) -> bool:
+        """Ringer side, after committing: ring if the sleeper announced itself. True if it rang."""
+        full_fence()  # order the caller's commit store before the flag load
+        if self.bell is not None and self._cell[0]:
+            self.bell.ring()
+            return True
+        return False
+
+    def close(self) -> None:
+        """Release the view of the flag (before the block is closed)."""
+        self._cell.release()

@@ -1,0 +1,80 @@
+"""LogReader (another process's read-only view) serves what the Log serves, below the watermark."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from shmbroker.disk.log import Log
+from shmbroker.disk.reader import LogReader
+from shmbroker.errors import OffsetOutOfRangeError
+from tests.unit.disk.conftest import make_batch, random_batch, read_bytes, small_config
+
+
+@pytest.mark.parametrize("preallocate", [False, True])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_reader_matches_log_at_every_offset_while_it_grows(
+    log_dir: Path, seed: int, preallocate: bool
+) -> None:
+    rng = random.Random(seed)
+    log = Log.open(log_dir, small_config(preallocate=preallocate), now_ms=0)
+    reader = LogReader(log_dir)
+    for _ in range(5):
+        for _ in range(rng.randint(1, 30)):
+            log.append(random_batch(rng), now_ms=0)
+        hwm = rng.randint(log.log_end_offset // 2, log.log_end_offset)
+        for offset in range(log.log_start_offset, hwm + 1):
+            max_bytes = rng.choice([1, 300, 2000, 10_000])
+            got = reader.read(offset, max_bytes, upto_offset=hwm)
+            expected = read_bytes(log, offset, max_bytes, hwm)
+            assert (bytes(got) if got is not None else None) == expected, offset
+    log.close()
+    reader.close()
+
+
+def test_reader_after_retention_raises_out_of_range(log_dir: Path) -> None:
+    log = Log.open(log_dir, small_config(retention_bytes=5000, retention_ms=-1), now_ms=0)
+    for _ in range(60):
+        log.append(make_batch([b"v" * 200]), now_ms=0)
+    reader = LogReader(log_dir)
+    held = reader.read(0, 100, upto_offset=log.log_end_offset)
+    assert held is not None
+    copy = bytes(held)
+    assert log.apply_retention(0) > 0
+    with pytest.raises(OffsetOutOfRangeError):
+        reader.read(0, 100, upto_offset=log.log_end_offset)
+    assert bytes(held) == copy  # a view handed out earlier stays readable: the inode lives on
+    start = log.log_start_offset
+    got = reader.read(start, 100, upto_offset=log.log_end_offset)
+    assert got is not None
+    assert bytes(got[:8]) == start.to_bytes(8, "big")
+    log.close()
+
+
+def test_reader_never_returns_a_batch_at_or_above_upto(log_dir: Path) -> None:
+    log = Log.open(log_dir, small_config(), now_ms=0)
+    for _ in range(10):
+        log.append(make_batch([b"a", b"b"]), now_ms=0)
+    reader = LogReader(log_dir)
+    assert reader.read(4, 1 << 20, upto_offset=4) is None
+    got = reader.read(0, 1 << 20, upto_offset=5)  # batches 0-1, 2-3, 4-5: the last holds offset 4
+    assert got is not None
+    assert len(got) == 3 * len(make_batch([b"a", b"b"]))
+    log.close()
+
+
+def test_reader_of_an_empty_or_missing_log(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    reader = LogReader(tmp_path / "p")
+    assert reader.read(0, 100, upto_offset=0) is None
+    with pytest.raises(OffsetOutOfRangeError):
+        reader.read(0, 100, upto_offset=1)
+    log = Log.open(tmp_path / "p", small_config(), now_ms=0)
+    assert reader.read(0, 100, upto_offset=0) is None
+    log.append(make_batch([b"x"]), now_ms=0)
+    got = reader.read(0, 100, upto_offset=1)
+    assert got is not None
+    assert len(got) == len(make_batch([b"x"]))
+    log.close()

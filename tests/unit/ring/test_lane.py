@@ -1,0 +1,182 @@
+"""A lane over a bytearray: producer -> worker batches, completions back, backpressure, hostile frames."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from shmbroker.errors import BrokenError
+from shmbroker.ring.control import CONTROL_BYTES, SLEEPING_OFFSET, ControlWriter, init_control
+from shmbroker.ring.doorbell import LocalBell, WakeFlag
+from shmbroker.ring.layout import DATA_OFFSET, FRAME_HEADER
+from shmbroker.ring.lane import (
+    COMPLETION_BELL_NAME_OFFSET,
+    REQUEST_RING_OFFSET,
+    LaneInfo,
+    LaneProducer,
+    LaneWorker,
+    ProducerState,
+    check_lane,
+    init_lane,
+    lane_bytes,
+)
+
+
+def new_lane(capacity_bytes: int = 4096, completion_entries: int = 8) -> memoryview:
+    info = LaneInfo(3, capacity_bytes, completion_entries * 32, "/shmb-control", "/shmb-lane")
+    region = memoryview(bytearray(info.lane_bytes))
+    init_lane(region, info)
+    return region
+
+
+def test_lane_size_and_header() -> None:
+    region = new_lane()
+    assert lane_bytes(4096, 8) == len(region) == 320 + 192 + 4096 + 192 + 256
+    info = check_lane(region)
+    assert (info.partition_id, info.control_name, info.completion_bell_name) == (
+        3,
+        "/shmb-control",
+        "/shmb-lane",
+    )
+
+
+def test_batches_go_in_and_completions_come_back() -> None:
+    region = new_lane()
+    producer, worker = LaneProducer(region[:]), LaneWorker(region[:])
+    assert (worker.producer_state, worker.producer_pid > 0) == (ProducerState.ATTACHED, True)
+    assert producer.try_send(b"batch-1", sequence=1, acks=1)
+    assert producer.try_send(b"batch-2", sequence=2, acks=-1)
+    assert producer.try_send(b"batch-3", sequence=3, acks=0)
+    assert producer.in_flight == 2
+    assert worker.has_requests()
+    drained = worker.drain(1 << 20)
+    assert [(r.sequence, r.acks, bytes(r.batch)) for r in drained] == [
+        (1, 1, b"batch-1"),
+        (2, -1, b"batch-2"),
+        (3, 0, b"batch-3"),
+    ]
+    assert producer.unread_bytes() > 0
+    worker.release()
+    assert producer.unread_bytes() == 0 and not worker.has_requests()
+    worker.complete(1, 100, records_count=5)
+    worker.complete(2, -1, error_code=2)
+    done = producer.poll_completions()
+    assert [(c.sequence, c.base_offset, c.error_code, c.records_count) for c in done] == [
+        (1, 100, 0, 5),
+        (2, -1, 2, 0),
+    ]
+    assert producer.in_flight == 0
+    producer.close()
+    producer.close()
+    assert worker.producer_state == ProducerState.CLOSED
+    worker.close()
+
+
+def test_in_flight_limit_keeps_the_completion_queue_from_overflowing() -> None:
+    region = new_lane(completion_entries=4)
+    producer, worker = LaneProducer(region[:]), LaneWorker(region[:])
+    for sequence in range(4):
+        assert producer.try_send(b"x", sequence=sequence, acks=1)
+    assert not producer.try_send(b"x", sequence=4, acks=1)  # 4 awaiting completion
+    assert producer.try_send(b"x", sequence=4, acks=0)  # acks=0 expects no answer
+    requests = worker.drain(1 << 20)
+    worker.release()
+    worker.complete_many([])
+    for r in requests[:4]:
+        worker.complete(r.sequence, r.sequence)
+    with pytest.raises(BrokenError, match="in flight"):
+        worker.complete(99, 99)  # only a producer that ignores the limit (or a worker bug) gets here
+    assert len(producer.poll_completions()) == 4
+    assert producer.try_send(b"x", sequence=5, acks=1)
+
+
+def test_full_request_ring_is_backpressure() -> None:
+    region = new_lane(capacity_bytes=256)
+    producer, worker = LaneProducer(region[:]), LaneWorker(region[:])
+    assert producer.max_batch_bytes == 112
+    sent = 0
+    while producer.try_send(bytes(48), sequence=sent, acks=0):
+        sent += 1
+    assert sent == 4
+    assert len(worker.drain(1 << 20)) == 4
+    worker.release()
+    assert producer.try_send(bytes(48), sequence=sent, acks=0)
+
+
+def test_bad_acks_is_a_caller_error() -> None:
+    producer = LaneProducer(new_lane())
+    with pytest.raises(ValueError, match="acks"):
+        producer.try_send(b"x", sequence=1, acks=2)
+
+
+@pytest.mark.parametrize(("frame_type", "flags"), [(7, 0), (1, 3)], ids=["unknown-type", "bad-acks-flags"])
+def test_worker_rejects_malformed_frames(frame_type: int, flags: int) -> None:
+    region = new_lane()
+    producer, worker = LaneProducer(region[:]), LaneWorker(region[:])
+    producer.try_send(b"x", sequence=1, acks=1)
+    start = REQUEST_RING_OFFSET + DATA_OFFSET
+    length = FRAME_HEADER.unpack_from(region, start)[0]
+    FRAME_HEADER.pack_into(region, start, length, frame_type, flags, 1)
+    with pytest.raises(BrokenError, match="not a batch"):
+        worker.drain(1 << 20)
+
+
+@pytest.mark.parametrize("corrupt", ["magic", "capacity", "name"])
+def test_check_lane_rejects_corrupt_headers(corrupt: str) -> None:
+    region = new_lane()
+    if corrupt == "magic":
+        region[:4] = b"XXXX"
+    elif corrupt == "capacity":
+        region[16:24] = (1 << 40).to_bytes(8, "little")
+    else:
+        region[COMPLETION_BELL_NAME_OFFSET] = ord("x")
+    with pytest.raises(BrokenError):
+        LaneWorker(region)
+
+
+def test_wait_completions_sleeps_until_the_worker_posts() -> None:
+    region = new_lane()
+    bell = LocalBell()
+    producer = LaneProducer(region[:], completion_bell=bell)
+    worker = LaneWorker(region[:], completion_bell=bell)
+    producer.try_send(b"x", sequence=1, acks=1)
+    assert producer.wait_completions(0.01) == []
+
+    def answer() -> None:
+        deadline = time.monotonic() + 5
+        while not worker.producer_waiting and time.monotonic() < deadline:
+            pass
+        worker.drain(100)
+        worker.release()
+        worker.complete(1, 0)
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    done = producer.wait_completions(10, max_sleep_s=10)
+    thread.join(5)
+    assert [c.sequence for c in done] == [1]
+
+
+def test_producer_rings_a_sleeping_worker() -> None:
+    control = memoryview(bytearray(CONTROL_BYTES))
+    init_control(control, partition_id=3, doorbell_name="/shmb-control")
+    bell = LocalBell()
+    control_writer = ControlWriter(control[:], bell=bell)
+    region = new_lane()
+    producer = LaneProducer(region[:], worker_wake=WakeFlag(control[:], SLEEPING_OFFSET, bell))
+    worker = LaneWorker(region[:])
+    assert not producer.notify()  # the worker is awake: no ring
+    woke: list[bool] = []
+    sleeper = threading.Thread(
+        target=lambda: woke.append(control_writer.wake_flag.sleep(worker.has_requests, 10))
+    )
+    sleeper.start()
+    deadline = time.monotonic() + 5
+    while not control_writer.wake_flag.sleeping:
+        assert time.monotonic() < deadline
+    assert producer.try_send(b"wake up", sequence=1, acks=0)
+    sleeper.join(5)
+    assert woke == [True]
+    assert [bytes(r.batch) for r in worker.drain(100)] == [b"wake up"]
