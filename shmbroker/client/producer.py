@@ -56,6 +56,7 @@ class _Partition:
     count: int = 0  # records in the open batch
     size_bytes: int = 0  # its estimated size
     callbacks: list[Any] | None = None
+    fast: bool = False  # the open batch takes plain values only: produce() may skip _produce
     opened_s: float = 0.0
     backlog: deque[_Sealed] = field(default_factory=deque)  # sealed, not yet taken by the transport
     in_flight: dict[int, _Sealed] = field(default_factory=dict)  # sequence -> batch
@@ -72,6 +73,11 @@ class Producer:
         self._undelivered = 0
         self._codec = self._config.codec
         self._closed = False
+        # Copies of settings the fast path of produce() reads (one attribute load each).
+        self._max_queued = self._config.max_queued_messages
+        self._batch_num_messages = self._config.batch_num_messages
+        if self._config.on_delivery is not None:  # a default callback: every record takes _produce
+            self._max_queued = -1
 
     # -- the confluent-kafka API ----------------------------------------------------------------
     def produce(
@@ -86,6 +92,33 @@ class Producer:
         callback: DeliveryCallback | None = None,
     ) -> None:
         """Queue one record. BufferError when ``queue.buffering.max.messages`` records are undelivered."""
+        # The fast path: a plain bytes value to an explicit partition whose open batch has room.
+        # It is most of what a high-rate producer does, so it touches as little as possible.
+        if (
+            key is None
+            and headers is None
+            and on_delivery is None
+            and callback is None
+            and not timestamp
+            and value.__class__ is bytes
+            and self._undelivered < self._max_queued
+        ):
+            part = self._partitions.get((topic, partition))
+            if part is not None and part.fast and part.count:
+                size = len(value)  # type: ignore[arg-type]
+                if part.size_bytes + size + 64 <= part.limit_bytes:
+                    part.values.append(value)  # type: ignore[arg-type]
+                    part.size_bytes += size + 8
+                    part.count += 1
+                    self._undelivered += 1
+                    if part.count >= self._batch_num_messages:
+                        self._seal(part)
+                        self._send_backlog(part)
+                    return
+        self._produce(topic, value, key, partition, on_delivery or callback, timestamp, headers)
+
+    def _produce(self, topic: str, value: bytes | str | None, key: bytes | str | None, partition: int,
+                 on_delivery: DeliveryCallback | None, timestamp: int, headers: Any) -> None:
         if self._undelivered >= self._config.max_queued_messages:
             self.poll(0)
             if self._undelivered >= self._config.max_queued_messages:
@@ -113,7 +146,7 @@ class Producer:
         else:
             self._append_general(part, value, key, timestamp, headers)
         part.count += 1
-        cb = on_delivery or callback or self._config.on_delivery
+        cb = on_delivery or self._config.on_delivery
         if cb is not None:
             if part.callbacks is None:
                 part.callbacks = [None] * (part.count - 1)
@@ -121,6 +154,7 @@ class Producer:
         elif part.callbacks is not None:
             part.callbacks.append(None)
         self._undelivered += 1
+        part.fast = part.builder is None and part.callbacks is None
         if part.count >= self._config.batch_num_messages or part.size_bytes >= part.limit_bytes:
             self._seal(part)
             self._send_backlog(part)
@@ -272,6 +306,7 @@ class Producer:
                                           producer_id=producer_id, base_sequence=base_sequence)
         part.backlog.append(_Sealed(batch, part.count, part.callbacks, None, part.opened_s, sequence))
         part.builder, part.callbacks, part.values, part.count, part.size_bytes = None, None, [], 0, 0
+        part.fast = False
         if part.topic in self._sticky:  # move keyless records on after each batch
             self._sticky[part.topic] = random.randrange(self._partition_count(part.topic))
 

@@ -133,6 +133,8 @@ def field_of(body: dict[str, Any], name: str, kind: type, *, default: Any = ...)
             raise RemoteProtocolError(f"request lacks field {name!r}")
         return default
     value = body[name]
+    if value is None and default is None:  # an explicit null where null is allowed
+        return None
     # bool is an int in Python; a field that wants an int must not take True.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise RemoteProtocolError(f"field {name!r} is {type(value).__name__}; expected {kind.__name__}")
