@@ -34,6 +34,7 @@ its queueing delay (coordinated omission); `achieved_rate` shows when a peer cou
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import resource
 import time
 import traceback
@@ -177,7 +178,9 @@ def cpu_seconds(p: psutil.Process | None = None) -> float:
 
 
 def self_peak_rss() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+    """Peak RSS of this process. VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a
+    spawned child would report at least its parent's RSS at fork time."""
+    return pid_peak_rss(os.getpid()) or int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def pid_peak_rss(pid: int) -> int:
@@ -251,6 +254,7 @@ class Ctl:
         self.deadline = time.monotonic() + SETUP_DEADLINE_S + timeout_s
         self.t_go_ns = 0
         self.cpu0 = 0.0
+        self.cpu1: float | None = None
 
     def ready(self) -> None:
         self._ready_ev.set()
@@ -259,6 +263,12 @@ class Ctl:
         self.cpu0 = cpu_seconds()
         self.t_go_ns = time.monotonic_ns()
         self.deadline = time.monotonic() + self.timeout_s
+
+    def stop_clock(self) -> int:
+        """Call when the work is done (before cleanup): returns the monotonic ns to report as
+        t_last_ns and freezes this process's CPU time there."""
+        self.cpu1 = cpu_seconds()
+        return time.monotonic_ns()
 
     def expired(self) -> bool:
         return time.monotonic() > self.deadline
@@ -282,7 +292,7 @@ def _child_entry(
     try:
         ctl = Ctl(ready_ev, go_ev, timeout_s)
         out = fn(ctl, **kwargs)
-        out["cpu_s"] = cpu_seconds() - ctl.cpu0
+        out["cpu_s"] = (ctl.cpu1 if ctl.cpu1 is not None else cpu_seconds()) - ctl.cpu0
         out["t_go_ns"] = ctl.t_go_ns
         out["t_done_ns"] = time.monotonic_ns()
         out["peak_rss_bytes"] = self_peak_rss()

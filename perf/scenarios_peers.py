@@ -111,7 +111,7 @@ def redis_consumer(ctl: Ctl, port: int, size: int, n: int, rate: float | None = 
         got += len(entries)
         if rate:
             lat.extend(now - read_stamp(fields[b"d"]) for _id, fields in entries)
-    t_last = time.monotonic_ns()
+    t_last = ctl.stop_clock()
     r.close()
     return _lat_result(ctl, got, lat, rate, t_last)
 
@@ -266,7 +266,7 @@ def nats_consumer(ctl: Ctl, url: str, size: int, n: int, rate: float | None = No
                 if st["last"] is not None:
                     await st["last"].ack()  # AckAll: one ack per batch, like an offset commit
                     st["last"] = None
-            t_last = time.monotonic_ns()
+            t_last = ctl.stop_clock()
         finally:
             await nc.close()
         return _lat_result(ctl, st["got"], lat, rate, t_last)
@@ -320,8 +320,10 @@ def _make_nats_lat(rate: int) -> None:
 # raw pyzmq PUSH/PULL
 
 
-def _zmq_hwm(size: int) -> int:
-    return max(1000, min(100_000, (64 << 20) // size))
+def _zmq_hwm(msg_size: int) -> int:
+    """High-water mark in messages: about 64 MiB queued per side, 1000 (libzmq's default) for small
+    messages, at most 100000, at least 64 (so 1 MiB batches queue 64 MiB, not 1 GiB)."""
+    return max(64 if msg_size > 65536 else 1000, min(100_000, (64 << 20) // msg_size))
 
 
 def zmq_consumer(ctl: Ctl, endpoint: str, size: int, n: int, per_msg: int = 1) -> dict[str, Any]:
@@ -349,7 +351,7 @@ def zmq_consumer(ctl: Ctl, endpoint: str, size: int, n: int, per_msg: int = 1) -
                     got += f.buffer.nbytes // size
             except zmq.Again:
                 pass
-        t_last = time.monotonic_ns()
+        t_last = ctl.stop_clock()
     finally:
         s.close(0)
         zctx.term()
@@ -411,7 +413,7 @@ def _batch_k(size: int) -> int:
 @scenario("zmq-pushpull-ipc", sizes=SIZES, records={100: 1_000_000, 1024: 500_000, 65536: 20_000})
 def zmq_ipc(size_bytes: int, n_records: int, timeout_s: float) -> Result:
     """pyzmq PUSH (connect) -> PULL (bind) over ipc://, one message per record, nothing stored.
-    SNDHWM/RCVHWM = clamp(64 MiB / size, 1000, 100000); copy=True below 64 KiB, copy=False at 64 KiB."""
+    SNDHWM/RCVHWM ~ 64 MiB of messages (see _zmq_hwm); copy=True below 64 KiB, copy=False at 64 KiB."""
     return _zmq_run("zmq-pushpull-ipc", "ipc", size_bytes, n_records, timeout_s, 1)
 
 
@@ -468,7 +470,7 @@ def fifo_consumer(ctl: Ctl, q: Any, size: int, n: int) -> dict[str, Any]:
             got += len(q.get_many(block=True, timeout=0.1, max_messages_to_get=1000))
         except Empty:
             pass
-    return {"received": got, "t_last_ns": time.monotonic_ns(), "timed_out": got < n}
+    return {"received": got, "t_last_ns": ctl.stop_clock(), "timed_out": got < n}
 
 
 @scenario("faster-fifo", sizes=SIZES, records={100: 200_000, 1024: 100_000, 65536: 5_000})
@@ -509,7 +511,7 @@ def mpq_consumer(ctl: Ctl, q: Any, size: int, n: int) -> dict[str, Any]:
             got += 1
         except queue_mod.Empty:
             pass
-    return {"received": got, "t_last_ns": time.monotonic_ns(), "timed_out": got < n}
+    return {"received": got, "t_last_ns": ctl.stop_clock(), "timed_out": got < n}
 
 
 @scenario("mp-queue", sizes=SIZES, records={100: 50_000, 1024: 40_000, 65536: 10_000})
@@ -550,7 +552,7 @@ def oswrite_child(ctl: Ctl, size: int, n: int, fsync: bool) -> dict[str, Any]:
                 done += os.write(fd, buf[: min(CHUNK, total - done)])
         if fsync:
             os.fsync(fd)
-        t_last = time.monotonic_ns()
+        t_last = ctl.stop_clock()
     finally:
         os.close(fd)
         shutil.rmtree(d, ignore_errors=True)
@@ -573,7 +575,7 @@ def memcpy_child(ctl: Ctl, size: int, n: int) -> dict[str, Any]:
             dst[off : off + k] = src[:k]
             done += k
             off = (off + CHUNK) % dst_len
-    return {"received": done // size, "t_last_ns": time.monotonic_ns(), "timed_out": done < total}
+    return {"received": done // size, "t_last_ns": ctl.stop_clock(), "timed_out": done < total}
 
 
 _WRITE_N = {s: (512 << 20) // s for s in SIZES}

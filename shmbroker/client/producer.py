@@ -29,6 +29,10 @@ from shmbroker.client.config import ProducerConfig
 from shmbroker.client.partitioner import KeyPartitioner
 from shmbroker.client.types import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Message
 
+# Errors worth sending the batch again for, until message.timeout.ms: the broker was busy or a
+# disk was full, not "this batch is bad" (a corrupt batch stays corrupt however often it is sent).
+RETRY_CODES = frozenset({7, 13, 19, 56, -195})  # REQUEST_TIMED_OUT, NETWORK_EXCEPTION, NOT_ENOUGH_REPLICAS,
+# KAFKA_STORAGE_ERROR, _TRANSPORT
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 BatchCallback = Callable[[KafkaError | None, str, int, int, int], None]
 
@@ -317,22 +321,33 @@ class Producer:
             if not part.transport.try_send(sealed.batch, sealed.sequence, acks=self._config.acks):
                 return  # full: keep the order, try again on the next poll
             part.backlog.popleft()
-            part.in_flight[sealed.sequence] = sealed
+            if self._config.acks == 0:  # nobody answers acks=0: delivered once handed over (offset unknown)
+                self._deliver(part, sealed, -1, None)
+            else:
+                part.in_flight[sealed.sequence] = sealed
 
     def _service(self) -> int:
         served = 0
         linger_s = self._config.linger_ms / 1000
+        timeout_s = self._config.message_timeout_ms / 1000
         now = time.monotonic()
         for part in self._partitions.values():
-            if part.builder is not None and now - part.opened_s >= linger_s:
+            if part.count and now - part.opened_s >= linger_s:
                 self._seal(part)
             if part.backlog:
                 self._send_backlog(part)
             if part.in_flight:
+                retry: list[_Sealed] = []
                 for sequence, base_offset, error in part.transport.poll_completions():
                     sealed = part.in_flight.pop(sequence, None)
-                    if sealed is not None:
-                        served += self._deliver(part, sealed, base_offset, error)
+                    if sealed is None:
+                        continue
+                    if error is not None and error.code() in RETRY_CODES and now - sealed.created_s < timeout_s:
+                        retry.append(sealed)  # the broker could not take it now; it may later
+                        continue
+                    served += self._deliver(part, sealed, base_offset, error)
+                if retry:
+                    part.backlog.extendleft(reversed(retry))  # ahead of newer batches, in their order
             served += self._expire(part, now)
         return served
 

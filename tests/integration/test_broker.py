@@ -389,3 +389,25 @@ def test_sixteen_partitions_ready_fast(tmp_path: Path, free_port: int) -> None:
         assert len([c for c in broker.children() if "partition wide-" in " ".join(c.cmdline())]) == 16
     finally:
         broker.stop()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("acks", ["0", "1", "all"])
+def test_every_acks_level_delivers(broker: BrokerProcess, transport: str, acks: str) -> None:
+    create(broker, "acks")
+    results: list = []
+    producer = Producer({"bootstrap.servers": broker.address, "acks": acks, "shmbroker.transport": transport,
+                         "linger.ms": 2})
+    for i in range(500):
+        producer.produce("acks", str(i).encode(), partition=0, on_delivery=lambda e, m: results.append((e, m.offset())))
+    # poll() alone must seal lingering batches and deliver them (no flush).
+    deadline = time.monotonic() + 20
+    while len(results) < 500 and time.monotonic() < deadline:
+        producer.poll(0.05)
+    assert len(results) == 500 and all(e is None for e, _o in results)
+    if acks == "0":
+        assert {o for _e, o in results} == {-1001}  # the offset of an acks=0 record is unknown
+    else:
+        assert sorted(o for _e, o in results) == list(range(500))
+    producer.close()
+    assert [m.value() for m in read_all(broker, "acks", [0], 500)] == [str(i).encode() for i in range(500)]
