@@ -100,7 +100,7 @@ def worker_main(lane_name: str, control_name: str, mode: str, conn: Connection) 
                     control.wake_flag.sleep(worker.has_requests)
                 continue
             got += len(requests)
-            done = [Completion(r.sequence, r.sequence, -1, 1, 0) for r in requests if r.acks]
+            done = [Completion(sequence, sequence, -1, 1, 0) for sequence, acks, _ in requests if acks]
             worker.release()
             worker.complete_many(done)
         conn.send(time.perf_counter())
@@ -236,12 +236,17 @@ def main() -> None:
         "throughput": {},
         "latency": {},
     }
-    for case, n in (("batch64k", args.frames_64k), ("frame64k", args.frames_64k), ("frame100", args.frames_100)):
+    for case, n in (
+        ("batch64k", args.frames_64k),
+        ("frame64k", args.frames_64k),
+        ("frame100", args.frames_100),
+    ):
         r = result["throughput"][case] = throughput(case, n, args.runs)
         print(
             f"{case:9} {r['frame_bytes']:6} B  {r['lane_gb_per_s']['median']:6.2f} GB/s "
             f"[{r['lane_gb_per_s']['min']:.2f}-{r['lane_gb_per_s']['max']:.2f}]  "
-            f"{r['frames_per_s']['median'] / 1e3:8.1f}k frames/s  memcpy {r['memcpy_gb_per_s']['median']:6.2f} GB/s  "
+            f"{r['frames_per_s']['median'] / 1e3:8.1f}k frames/s  "
+            f"memcpy {r['memcpy_gb_per_s']['median']:6.2f} GB/s  "
             f"ratio {r['ratio_to_memcpy']['median']:.3f}"
             + (f"  {r['records_per_s']['median'] / 1e6:.1f}M records/s" if "records_per_s" in r else "")
         )

@@ -228,6 +228,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     admin = AdminClient(_client_conf(args))
     try:
+        admin.status()  # CPU% and rates are measured between two samples
+        time.sleep(args.interval_s)
         status = admin.status()
     finally:
         admin.close()
@@ -235,17 +237,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=1))
         return 0
     print(f"data dir {status['data_dir']}, listening on {status['listeners']}")
-    print("process                              pid   cpu%    rss MiB")
+    print("process                              pid   cpu%    rss MiB    uss MiB")
     for p in status["processes"]:
         print(
             f"{p['role']:<34} {p['pid']:>6} {p.get('cpu_percent', 0):>6.1f} {p.get('rss_bytes', 0) / 2**20:>9.1f}"
+            f" {p.get('uss_bytes', 0) / 2**20:>10.1f}"
         )
-    print("partition                  state     start        end   high_wm   records_in  errors  lanes")
+    print("partition                  state     start        end   high_wm   records_in  errors  lanes   records/s")
     for r in status["partitions"]:
         name = f"{r['topic']}-{r['partition']}"
+        rate = r.get("records_per_s")
         print(
             f"{name:<26} {r['state']:<8} {r['log_start_offset']:>6} {r['log_end_offset']:>10} {r['high_watermark']:>9}"
             f" {r.get('records_in', 0):>12} {r.get('errors', 0):>7} {r['lanes']:>6}"
+            f" {'' if rate is None else f'{rate:>11,.0f}'}"
         )
     return 0
 
@@ -327,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     client(p)
     p.set_defaults(func=cmd_consume)
 
-    p = sub.add_parser("status", help="processes, CPU, memory, per-partition offsets and counters")
+    p = sub.add_parser("status", help="processes, CPU, memory, per-partition offsets, rates and counters")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--interval-s", type=float, default=1.0, help="sampling interval for CPU%% and rates")
     client(p)
     p.set_defaults(func=cmd_status)
 

@@ -48,7 +48,9 @@ ACKS_ALL = -1
 DRAIN_BYTES = 16 << 20  # per lane per turn: bounds one turn's latency and private memory
 DEDUP_WINDOW = 4096  # recent (producer_id, sequence) pairs remembered for a worker restart
 SPIN_TURNS = 200  # empty turns before the worker sleeps on its doorbell
-SLEEP_S = 0.002  # longest sleep: bounds the cost of a lost wakeup (ring/doorbell.py explains)
+SLEEP_S = 0.002  # longest sleep while busy: bounds the cost of a lost wakeup (ring/doorbell.py explains)
+IDLE_SLEEP_S = 0.05  # longest sleep once idle for IDLE_AFTER_S: 16 idle workers then cost ~0 CPU
+IDLE_AFTER_S = 0.2
 MAINTENANCE_INTERVAL_S = 0.1
 
 
@@ -288,6 +290,7 @@ def run(spec: WorkerSpec, commands: Connection) -> None:
     worker = PartitionWorker(spec, control)
     control.set_state(WorkerState.READY)
     idle_turns = 0
+    idle_since = time.monotonic()
     next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
     ready = lambda: worker.has_requests() or commands.poll(0)  # noqa: E731
     try:
@@ -303,10 +306,13 @@ def run(spec: WorkerSpec, commands: Connection) -> None:
             if worker.turn():
                 idle_turns = 0
             else:
+                if idle_turns == 0:
+                    idle_since = time.monotonic()
                 idle_turns += 1
                 if idle_turns > SPIN_TURNS:
-                    # Announce the sleep, look once more, sleep at most SLEEP_S (ring/doorbell.py).
-                    control.wake_flag.sleep(ready, SLEEP_S)
+                    # Announce the sleep, look once more, sleep (ring/doorbell.py): a producer rings us.
+                    long_idle = time.monotonic() - idle_since > IDLE_AFTER_S
+                    control.wake_flag.sleep(ready, IDLE_SLEEP_S if long_idle else SLEEP_S)
             now = time.monotonic()
             if now >= next_maintenance:
                 worker.maintenance(int(time.time() * 1000))

@@ -87,6 +87,8 @@ class BrokerService:
         self.router_backlog: dict[tuple[str, int], deque[tuple[int, int, memoryview]]] = {}
         self.router_backlog_bytes = 0
         self._sequence = 0
+        self._processes: dict[int, psutil.Process] = {}
+        self._rate_marks: dict[tuple[str, int], tuple[float, int, int]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -278,13 +280,31 @@ class BrokerService:
                 offset = max(offset, header.next_offset)
         return None
 
+    def _process_row(self, role: str, pid: int) -> dict[str, Any]:
+        """psutil's view of one process; the Process object is kept so CPU% covers the last interval."""
+        process = self._processes.get(pid)
+        if process is None:
+            try:
+                process = self._processes[pid] = psutil.Process(pid)
+            except psutil.Error:
+                return {"role": role, "pid": pid, "gone": True}
+        return _process_row_of(process, role)
+
     def _on_status(self, identity: bytes, request: Message) -> list[Any]:
-        processes = [_process_row("supervisor", os.getpid())]
+        processes = [self._process_row("supervisor", os.getpid())]
         partitions = []
+        now = time.monotonic()
         for (topic, partition), slot in sorted(self.supervisor.slots.items()):
-            partitions.append(self._partition_info(topic, partition))
+            info = self._partition_info(topic, partition)
+            # Rates over the time since the previous status request (the first one reports 0).
+            before = self._rate_marks.get((topic, partition))
+            self._rate_marks[(topic, partition)] = (now, info["records_in"], info["bytes_in"])
+            if before is not None and now > before[0]:
+                info["records_per_s"] = (info["records_in"] - before[1]) / (now - before[0])
+                info["bytes_per_s"] = (info["bytes_in"] - before[2]) / (now - before[0])
+            partitions.append(info)
             if slot.process is not None and slot.process.pid:
-                processes.append(_process_row(f"partition {topic}-{partition}", slot.process.pid))
+                processes.append(self._process_row(f"partition {topic}-{partition}", slot.process.pid))
         return protocol.encode_reply(
             request,
             {
@@ -480,19 +500,14 @@ def OffsetOutOfRange_(offset: int, info: dict[str, Any]) -> BrokerError:
     )
 
 
-def _process_row(role: str, pid: int) -> dict[str, Any]:
+def _process_row_of(p: psutil.Process, role: str) -> dict[str, Any]:
     try:
-        p = psutil.Process(pid)
         with p.oneshot():
-            return {
-                "role": role,
-                "pid": pid,
-                "cpu_percent": p.cpu_percent(0.0),
-                "rss_bytes": p.memory_info().rss,
-                "cpu_s": sum(p.cpu_times()[:2]),
-            }
+            memory = p.memory_full_info()
+            return {"role": role, "pid": p.pid, "cpu_percent": p.cpu_percent(None), "rss_bytes": memory.rss,
+                    "uss_bytes": memory.uss, "cpu_s": sum(p.cpu_times()[:2])}
     except psutil.Error:
-        return {"role": role, "pid": pid, "gone": True}
+        return {"role": role, "pid": p.pid, "gone": True}
 
 
 def check_listener(address: str) -> None:

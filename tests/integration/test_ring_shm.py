@@ -31,7 +31,10 @@ from shmbroker.ring.lane import LaneBlock, LaneProducer, LaneWorker, create_lane
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-CHILD = "import json, sys; import tests.integration.test_ring_shm as m; print(json.dumps(getattr(m, sys.argv[1])(*json.loads(sys.argv[2]))))"
+CHILD = (
+    "import json, sys; import tests.integration.test_ring_shm as m; "
+    "print(json.dumps(getattr(m, sys.argv[1])(*json.loads(sys.argv[2]))))"
+)
 CRC = 4  # each test payload starts with the CRC-32C of the rest
 
 
@@ -79,12 +82,12 @@ def work(lane_name: str, n_frames: int) -> list[int]:
     while expected < n_frames and time.monotonic() < deadline:
         requests = worker.drain(1 << 20)
         done = []
-        for r in requests:
-            bad += r.sequence != expected or not check_payload(r.batch)
-            n_bytes += len(r.batch)
+        for sequence, acks, batch in requests:
+            bad += sequence != expected or not check_payload(batch)
+            n_bytes += len(batch)
             expected += 1
-            if r.acks:
-                done.append(Completion(r.sequence, r.sequence * 2, -1, 1, 0))
+            if acks:
+                done.append(Completion(sequence, sequence * 2, -1, 1, 0))
         worker.release()
         worker.complete_many(done)
     worker.close()
@@ -114,7 +117,7 @@ def sleepy_worker(control_name: str, lane_name: str, rounds: int) -> None:
             pass
         requests = worker.drain(1 << 20)
         worker.release()
-        worker.complete_many([Completion(r.sequence, 0, -1, 1, 0) for r in requests])
+        worker.complete_many([Completion(sequence, 0, -1, 1, 0) for sequence, _, _ in requests])
     worker.close()
     control.close()
 
@@ -127,7 +130,9 @@ def broker(shm_name: str) -> Iterator[Callable[..., tuple[str, LaneBlock, str, C
     """Create a control block and a lane on it (as the supervisor would); unlink both afterwards."""
     made: list[LaneBlock | ControlBlock] = []
 
-    def make(capacity_bytes: int = 1 << 20, completion_entries: int = 1024) -> tuple[str, LaneBlock, str, ControlBlock]:
+    def make(
+        capacity_bytes: int = 1 << 20, completion_entries: int = 1024
+    ) -> tuple[str, LaneBlock, str, ControlBlock]:
         control_name, control = create_control(5, name=shm_name)
         made.append(control)
         lane_name, lane = create_lane(
@@ -146,7 +151,10 @@ def broker(shm_name: str) -> Iterator[Callable[..., tuple[str, LaneBlock, str, C
 
 def start(target: Callable[..., object], *args: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, target.__name__, json.dumps(args)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", CHILD, target.__name__, json.dumps(args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -166,11 +174,12 @@ def finish(process: subprocess.Popen[str], timeout_s: float = 60) -> Any:
 
 
 def test_blocks_and_doorbells_are_private_and_unlinked(broker: Any) -> None:
-    lane_name, lane, control_name, _ = broker()
+    lane_name, _lane, control_name, _ = broker()
     for name in (lane_name, control_name):
         assert stat.S_IMODE(os.stat(f"/dev/shm{name}").st_mode) == 0o600
         assert stat.S_IMODE(os.stat(f"/dev/shm/sem.{name[1:]}").st_mode) == 0o600
-    assert lane_name.startswith("/shmb-") and len(lane_name) == 6 + 32
+    assert lane_name.startswith("/shmb-")
+    assert len(lane_name) == 6 + 32
     with pytest.raises(posix_ipc.ExistentialError):  # O_CREX: a name is never reused silently
         SharedBlock.create(4096, name=lane_name)
 
@@ -208,8 +217,9 @@ def test_producer_killed_mid_write_leaves_the_worker_able_to_continue(broker: An
     def drain_checked() -> int:
         nonlocal expected
         requests = worker.drain(1 << 20)
-        for r in requests:
-            assert r.sequence == expected and check_payload(r.batch), f"frame {expected} torn or out of order"
+        for sequence, _, batch in requests:
+            assert sequence == expected, f"frame {sequence} where {expected} was due"
+            assert check_payload(batch), f"frame {expected} torn"
             expected += 1
         worker.release()
         return len(requests)
@@ -240,13 +250,15 @@ def test_seqlock_readers_never_see_a_torn_pair(broker: Any) -> None:
         assert time.monotonic() < deadline
     while (snapshot := reader.read()).state == WorkerState.READY:
         end, hw = snapshot.log_end_offset, snapshot.high_watermark
-        assert hw == end - end % 3 and snapshot.batches_in == end, f"torn snapshot {snapshot}"
+        assert hw == end - end % 3, f"torn snapshot {snapshot}"
+        assert snapshot.batches_in == end, f"torn snapshot {snapshot}"
         reads += 1
         seen.add(end)
         assert time.monotonic() < deadline
     finish(writer)
     reader.close()
-    assert reads > 1000 and len(seen) > 100, f"too little overlap to prove anything: {reads} reads"
+    assert reads > 1000, f"too little overlap to prove anything: {reads} reads"
+    assert len(seen) > 100, f"too little overlap to prove anything: {len(seen)} values"
 
 
 def test_doorbells_wake_a_sleeping_worker_and_a_waiting_producer(broker: Any) -> None:

@@ -121,7 +121,8 @@ def test_control_publishes_what_readers_see() -> None:
     assert (snap.state, snap.log_end_offset, snap.high_watermark) == (WorkerState.READY, 150, 150)
     assert (snap.batches_in, snap.records_in, snap.bytes_in, snap.errors_too_large) == (3, 150, 9600, 1)
     assert (snap.segment_generation, snap.log_start_offset) == (1, 40)
-    assert snap.update_time_ns > 0 and snap.worker_pid > 0
+    assert snap.update_time_ns > 0
+    assert snap.worker_pid > 0
     assert reader.offsets() == (150, 150)
     assert SEQ.unpack_from(region, SEQ_OFFSET)[0] % 2 == 0
 

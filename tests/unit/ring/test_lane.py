@@ -10,7 +10,6 @@ import pytest
 from shmbroker.errors import BrokenError
 from shmbroker.ring.control import CONTROL_BYTES, SLEEPING_OFFSET, ControlWriter, init_control
 from shmbroker.ring.doorbell import LocalBell, WakeFlag
-from shmbroker.ring.layout import DATA_OFFSET, FRAME_HEADER
 from shmbroker.ring.lane import (
     COMPLETION_BELL_NAME_OFFSET,
     REQUEST_RING_OFFSET,
@@ -22,6 +21,7 @@ from shmbroker.ring.lane import (
     init_lane,
     lane_bytes,
 )
+from shmbroker.ring.layout import DATA_OFFSET, FRAME_HEADER
 
 
 def new_lane(capacity_bytes: int = 4096, completion_entries: int = 8) -> memoryview:
@@ -52,14 +52,15 @@ def test_batches_go_in_and_completions_come_back() -> None:
     assert producer.in_flight == 2
     assert worker.has_requests()
     drained = worker.drain(1 << 20)
-    assert [(r.sequence, r.acks, bytes(r.batch)) for r in drained] == [
+    assert [(sequence, acks, bytes(batch)) for sequence, acks, batch in drained] == [
         (1, 1, b"batch-1"),
         (2, -1, b"batch-2"),
         (3, 0, b"batch-3"),
     ]
     assert producer.unread_bytes() > 0
     worker.release()
-    assert producer.unread_bytes() == 0 and not worker.has_requests()
+    assert producer.unread_bytes() == 0
+    assert not worker.has_requests()
     worker.complete(1, 100, records_count=5)
     worker.complete(2, -1, error_code=2)
     done = producer.poll_completions()
@@ -84,8 +85,8 @@ def test_in_flight_limit_keeps_the_completion_queue_from_overflowing() -> None:
     requests = worker.drain(1 << 20)
     worker.release()
     worker.complete_many([])
-    for r in requests[:4]:
-        worker.complete(r.sequence, r.sequence)
+    for sequence, _, _ in requests[:4]:
+        worker.complete(sequence, sequence)
     with pytest.raises(BrokenError, match="in flight"):
         worker.complete(99, 99)  # only a producer that ignores the limit (or a worker bug) gets here
     assert len(producer.poll_completions()) == 4
@@ -179,4 +180,4 @@ def test_producer_rings_a_sleeping_worker() -> None:
     assert producer.try_send(b"wake up", sequence=1, acks=0)
     sleeper.join(5)
     assert woke == [True]
-    assert [bytes(r.batch) for r in worker.drain(100)] == [b"wake up"]
+    assert [bytes(batch) for _, _, batch in worker.drain(100)] == [b"wake up"]

@@ -34,7 +34,7 @@ def ends(region: memoryview) -> tuple[RingWriter, RingReader]:
 
 
 def payloads(reader: RingReader, max_bytes: int = 1 << 30) -> list[bytes]:
-    return [bytes(f.payload) for f in reader.peek(max_bytes)]
+    return [bytes(payload) for _, _, _, payload in reader.peek(max_bytes)]
 
 
 def test_layout_is_pinned() -> None:
@@ -55,7 +55,7 @@ def test_frames_round_trip_with_type_flags_and_tag(region: memoryview) -> None:
     assert writer.try_write(FrameType.BATCH, b"hello", flags=2, tag=7)
     assert writer.try_write(FrameType.BATCH, memoryview(b"world!"), tag=2**64 - 1)
     frames = reader.peek(4096)
-    assert [(f.frame_type, f.flags, f.tag, bytes(f.payload)) for f in frames] == [
+    assert [(t, flags, tag, bytes(p)) for t, flags, tag, p in frames] == [
         (FrameType.BATCH, 2, 7, b"hello"),
         (FrameType.BATCH, 0, 2**64 - 1, b"world!"),
     ]
@@ -67,17 +67,17 @@ def test_frames_round_trip_with_type_flags_and_tag(region: memoryview) -> None:
 def test_release_invalidates_handed_out_views(region: memoryview) -> None:
     writer, reader = ends(region)
     writer.try_write(FrameType.BATCH, b"x" * 10)
-    (frame,) = reader.peek(4096)
+    ((_, _, _, payload),) = reader.peek(4096)
     reader.release()
     with pytest.raises(ValueError, match="released"):
-        bytes(frame.payload)
+        bytes(payload)
 
 
 def test_payload_views_are_writable_in_place(region: memoryview) -> None:
     writer, reader = ends(region)
     writer.try_write(FrameType.BATCH, bytes(16))
-    (frame,) = reader.peek(4096)
-    struct.pack_into(">q", frame.payload, 0, 1234)  # what a worker does to stamp base_offset
+    ((_, _, _, payload),) = reader.peek(4096)
+    struct.pack_into(">q", payload, 0, 1234)  # what a worker does to stamp base_offset
     assert bytes(region[DATA_OFFSET + 16 : DATA_OFFSET + 24]) == struct.pack(">q", 1234)
 
 
@@ -91,8 +91,7 @@ def test_wraparound_pads_the_tail_so_frames_never_wrap() -> None:
     assert writer.try_write(FrameType.BATCH, b"c" * 90)  # 112 > 16: PAD 16, frame at slot 0
     assert POSITION.unpack_from(region, WRITE_POSITION_OFFSET)[0] == 240 + 16 + 112
     assert FRAME_HEADER.unpack_from(region, DATA_OFFSET + 240)[:2] == (16, FrameType.PAD)
-    (frame,) = reader.peek(4096)
-    assert bytes(frame.payload) == b"c" * 90
+    assert payloads(reader) == [b"c" * 90]
     assert bytes(region[DATA_OFFSET + 16 : DATA_OFFSET + 106]) == b"c" * 90
     assert reader.release() == 16 + 112  # the PAD is released with the frame after it
 
@@ -249,8 +248,8 @@ def test_garbage_gives_frames_or_broken_error_never_anything_else(
     try:
         reader = RingReader(region[:])
         for _ in range(3):
-            for frame in reader.peek(1 << 20):
-                assert len(frame.payload) <= 1024
+            for _, _, _, payload in reader.peek(1 << 20):
+                assert len(payload) <= 1024
             reader.release()
     except BrokenError:
         pass
@@ -298,9 +297,9 @@ def test_random_operations_match_a_deque_model(seed: int) -> None:
         elif op < 0.85:
             frames = reader.peek(rng.randint(1, capacity))
             assert frames or not committed, f"seed {seed} step {step}: committed frames not visible"
-            for frame in frames:
-                assert bytes(frame.payload) == committed.popleft(), f"seed {seed} step {step}"
-                peeked.append(bytes(frame.payload))
+            for _, _, _, view in frames:
+                assert bytes(view) == committed.popleft(), f"seed {seed} step {step}"
+                peeked.append(bytes(view))
         else:
             reader.release()
             peeked.clear()
