@@ -172,8 +172,11 @@ class PartitionWorker:
         for lane in list(self.lanes.values()):
             try:
                 handled += self.turn_lane(lane)
-            except BrokerError as exc:  # a hostile or broken lane header: drop that lane, keep serving
-                log.warning("lane %s of pid %d dropped: %s", lane.name, lane.pid, exc)
+            except KafkaStorageError:
+                raise  # the disk, not the lane: let the supervisor restart us
+            except Exception as exc:  # a hostile or broken lane (or a bug): drop that lane, keep serving
+                # Re-reading the same frames after a restart would only crash again.
+                log.warning("lane %s of pid %d dropped: %r", lane.name, lane.pid, exc)
                 self.control.count_error(ErrorKind.OTHER)
                 self.lanes.pop(lane.name, None)
                 lane.close()
@@ -185,15 +188,16 @@ class PartitionWorker:
             return 0
         # One private copy of everything drained (memcpy, ~20 GB/s), then the ring space is free
         # and what we check is what we write.
-        private = bytearray(sum(len(r.batch) for r in requests))
+        private = bytearray(sum(len(batch) for _sequence, _acks, batch in requests))
         views: list[memoryview] = []
+        jobs: list[tuple[int, int]] = []
         position = 0
-        for request in requests:
-            n = len(request.batch)
-            private[position : position + n] = request.batch
+        for sequence, acks, batch in requests:
+            n = len(batch)
+            private[position : position + n] = batch
             views.append(memoryview(private)[position : position + n])
+            jobs.append((sequence, acks))
             position += n
-        jobs = [(r.sequence, r.acks) for r in requests]
         del requests
         lane.worker.release()
         self._append(lane, jobs, views)
