@@ -154,11 +154,22 @@ class PartitionWorker:
         )
 
     def attach(self, name: str, producer_id: int, pid: int, trusted: bool) -> None:
-        if name not in self.lanes:
+        if name in self.lanes:
+            return
+        try:
             self.lanes[name] = _Lane(name, producer_id, pid, trusted)
+        except Exception as exc:  # a lane its producer broke before we looked, or one already gone
+            log.warning("lane %s of pid %d not attached: %r", name, pid, exc)
+            self.control.count_error(ErrorKind.OTHER)
 
     def has_requests(self) -> bool:
-        return any(lane.worker.has_requests() for lane in self.lanes.values())
+        for lane in self.lanes.values():
+            try:
+                if lane.worker.has_requests():
+                    return True
+            except Exception:
+                return True  # let turn() meet the error and drop the lane
+        return False
 
     def detach(self, name: str) -> None:
         lane = self.lanes.pop(name, None)

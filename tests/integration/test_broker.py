@@ -411,3 +411,64 @@ def test_every_acks_level_delivers(broker: BrokerProcess, transport: str, acks: 
         assert sorted(o for _e, o in results) == list(range(500))
     producer.close()
     assert [m.value() for m in read_all(broker, "acks", [0], 500)] == [str(i).encode() for i in range(500)]
+
+
+def test_hostile_lane_cursor_drops_that_lane_only(broker: BrokerProcess) -> None:
+    """A producer that writes an impossible write position into its lane loses its lane, nothing else."""
+    import struct
+
+    from shmbroker.client.config import CommonConfig
+    from shmbroker.client.transport import TransportFactory
+    from shmbroker.ring.block import SharedBlock
+    from shmbroker.ring.lane import REQUEST_RING_OFFSET
+    from shmbroker.ring.layout import WRITE_POSITION_OFFSET
+
+    create(broker, "hostile")
+    factory = TransportFactory(CommonConfig(broker.address, "shm", 5000))
+    lane = factory.open("hostile", 0)
+    block = SharedBlock.attach(lane.lane_name)
+    struct.pack_into("<Q", block.view, REQUEST_RING_OFFSET + WRITE_POSITION_OFFSET, 2**62 + 3)
+    block.close()
+    admin = AdminClient({"bootstrap.servers": broker.address})
+    deadline = time.monotonic() + 10
+    row: dict = {}
+    while time.monotonic() < deadline:
+        [row] = [r for r in admin.status()["partitions"] if r["topic"] == "hostile"]
+        if row["errors"] >= 1:
+            break
+        time.sleep(0.1)
+    assert row["errors"] >= 1 and row["state"] == "READY"
+    factory.close()
+    producer = Producer({"bootstrap.servers": broker.address})
+    producer.produce("hostile", b"still serving", partition=0)
+    assert producer.flush(10) == 0
+    producer.close()
+    admin.close()
+    assert [m.value() for m in read_all(broker, "hostile", [0], 1)] == [b"still serving"]
+
+
+def test_crash_loop_gives_up_on_that_partition_only(broker: BrokerProcess) -> None:
+    create(broker, "loop", partitions=2)
+    admin = AdminClient({"bootstrap.servers": broker.address})
+    killed: set[int] = set()
+    deadline = time.monotonic() + 60
+    failed = None
+    while time.monotonic() < deadline and failed is None:
+        rows = {r["partition"]: r for r in admin.status(timeout=10)["partitions"] if r["topic"] == "loop"}
+        failed = rows[0]["failed"]
+        pid = rows[0]["pid"]
+        if failed is None and pid and pid not in killed and rows[0]["state"] == "READY":
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    admin.close()
+    assert failed is not None and "not restarting" in failed, failed
+    assert len(killed) >= 6
+    producer = Producer({"bootstrap.servers": broker.address})
+    producer.produce("loop", b"other partition", partition=1)
+    assert producer.flush(10) == 0
+    producer.close()
+    assert "crashed" in "".join(broker.output)

@@ -186,6 +186,28 @@ def test_wake_flag_sleep_returns_at_once_when_ready_and_times_out_otherwise() ->
     assert not WakeFlag(memoryview(bytearray(64)), 0, None).sleep(lambda: False, timeout_s=0.001)
 
 
+def test_a_producer_rings_once_per_sleep_episode() -> None:
+    rings: list[int] = []
+    bell = LocalBell()
+    bell.ring = lambda: rings.append(1)  # type: ignore[method-assign]
+    region = memoryview(bytearray(64))
+    sleeper, ringer = WakeFlag(region, 0, bell), WakeFlag(region, 0, bell)
+    seen: list[int] = []
+
+    def three_commits_while_announced() -> bool:
+        seen.append(int.from_bytes(region[:4], "little"))
+        for _ in range(3):
+            ringer.notify()
+        return False
+
+    for _ in range(2):
+        sleeper.sleep(three_commits_while_announced, timeout_s=0.001, spin_s=0)
+    assert len(rings) == 2  # one per sleep episode, not one per commit
+    assert seen == [1, 2]  # the flag holds the episode number while announced
+    assert not sleeper.sleeping
+    assert not ringer.notify()
+
+
 @pytest.mark.parametrize("offset", [3, 62])
 def test_wake_flag_offset_is_checked(offset: int) -> None:
     with pytest.raises(ValueError, match="offset"):
