@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -48,35 +49,42 @@ def make_batch(size_bytes: int, records_count: int = 1) -> bytearray:
     return batch
 
 
-def timed(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 # ---- append ---------------------------------------------------------------------------------------
-def os_write(path: Path, batch: bytearray, count: int) -> None:
+# Each mode returns the seconds of its write loop only: opening a log (mkdir, files, an fsync of
+# the directory) is a once-per-partition cost and would swamp a 250 ms run on a busy disk.
+def os_write(path: Path, batch: bytearray, count: int) -> float:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    start = time.perf_counter()
     for _ in range(count):
         os.write(fd, batch)
+    elapsed = time.perf_counter() - start
     os.close(fd)
+    return elapsed
 
 
-def os_pwrite_recycled(path: Path, batch: bytearray, count: int) -> None:
+def os_pwrite_recycled(path: Path, batch: bytearray, count: int) -> float:
     """Overwrite a file that exists, full length, with its pages cached (a recycled segment)."""
     fd = os.open(path, os.O_WRONLY)
+    start = time.perf_counter()
     for i in range(count):
         os.pwrite(fd, batch, i * len(batch))
+    elapsed = time.perf_counter() - start
     os.close(fd)
+    return elapsed
 
 
-def log_append(directory: Path, batch: bytearray, count: int, per_call: int, preallocate: str) -> None:
+def log_append(directory: Path, batch: bytearray, count: int, per_call: int, preallocate: str) -> float:
+    """Append ``count`` batches; with ``preallocate`` the first segment is preallocated at open,
+    so the timed loop sees what a broker sees after a roll (which preallocates the next one)."""
     segment_module.PREALLOCATE_WITH = preallocate or "ftruncate"
     log = Log.open(directory, LogConfig(preallocate=bool(preallocate)), now_ms=0)
     group = [batch] * per_call  # the same buffer, stamped again each time: only offsets change
+    start = time.perf_counter()
     for i in range(count // per_call):
         log.append_many(group, now_ms=i)
+    elapsed = time.perf_counter() - start
     log.close(clean=False)
+    return elapsed
 
 
 def bench_append(root: Path, runs: int, mib: int) -> dict[str, list[float]]:
@@ -84,7 +92,10 @@ def bench_append(root: Path, runs: int, mib: int) -> dict[str, list[float]]:
     count = mib
     recycled = root / "recycled.bin"
     os_write(recycled, batch, count)  # written once, kept cached: the "reused pages" case
-    modes: dict[str, Callable[[Path], None]] = {
+    fd = os.open(recycled, os.O_RDONLY)
+    os.fsync(fd)  # clean, so its writeback does not land in someone else's measurement
+    os.close(fd)
+    modes: dict[str, Callable[[Path], float]] = {
         "os.write (fresh file)": lambda d: os_write(d / "plain.bin", batch, count),
         "Log.append": lambda d: log_append(d / "log", batch, count, 1, ""),
         "Log.append_many x8": lambda d: log_append(d / "log", batch, count, 8, ""),
@@ -93,11 +104,15 @@ def bench_append(root: Path, runs: int, mib: int) -> dict[str, list[float]]:
         "os.pwrite over cached file (recycled)": lambda d: os_pwrite_recycled(recycled, batch, count),
     }
     seconds: dict[str, list[float]] = {name: [] for name in modes}
-    for _ in range(runs):
-        for name, run in modes.items():
+    order = list(modes)
+    shuffler = random.Random(0)
+    for run_number in range(runs):
+        print(f"append run {run_number + 1}/{runs}", file=sys.stderr)
+        shuffler.shuffle(order)  # a fresh order each run: drift and neighbours hit every mode alike
+        for name in order:
             work = root / "run"
             work.mkdir()
-            seconds[name].append(timed(lambda run=run, work=work: run(work)))  # type: ignore[misc]
+            seconds[name].append(modes[name](work))
             shutil.rmtree(work)
     segment_module.PREALLOCATE_WITH = "ftruncate"
     return {name: [count * MIB / s / 1e9 for s in values] for name, values in seconds.items()}
@@ -124,6 +139,7 @@ def bench_recovery(root: Path, runs: int, mib: int) -> dict[str, list[float]]:
                 log.append(batch, now_ms=i)
             data_bytes = log.statistics().size_bytes
             log.close(clean=False)
+            print(f"recovery: {batch_kib} KiB batches, preallocate={preallocate}", file=sys.stderr)
             for cold in (False, True):
                 name = f"recovery scan, {batch_kib} KiB batches, preallocate={preallocate}, " + (
                     "cold (this log evicted)" if cold else "page cache warm"
@@ -158,14 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf.bench_disk")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--mib", type=int, default=1024, help="bytes written per append run, MiB")
+    parser.add_argument("--recovery-mib", type=int, default=1024, help="size of the recovered log, MiB")
     parser.add_argument("--quick", action="store_true", help="3 runs of 128 MiB: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
-        args.runs, args.mib = 3, 128
+        args.runs, args.mib, args.recovery_mib = 3, 128, 128
     root = Path(tempfile.mkdtemp(prefix="bench-disk-", dir="/tmp"))
     try:
         append = bench_append(root, args.runs, args.mib)
-        recovery = bench_recovery(root, args.runs, args.mib)
+        recovery = bench_recovery(root, args.runs, args.recovery_mib)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows = [summarize(n, v) for n, v in {**append, **recovery}.items()]

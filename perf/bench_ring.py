@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from shmbroker import records
-from shmbroker.ring.completion import Completion
 from shmbroker.ring.control import ControlWriter, WorkerState, create_control
 from shmbroker.ring.lane import LaneProducer, LaneWorker, create_lane
 
@@ -105,7 +104,7 @@ def worker_main(lane_name: str, control_name: str, mode: str, conn: Connection) 
                     control.wake_flag.sleep(worker.has_requests)
                 continue
             got += len(requests)
-            done = [Completion(sequence, sequence, -1, 1, 0) for sequence, acks, _ in requests if acks]
+            done = [(sequence, sequence, -1, 1, 0) for sequence, acks, _ in requests if acks]
             worker.release()
             worker.complete_many(done)
         conn.send(time.perf_counter())
@@ -232,6 +231,7 @@ def main() -> None:
     parser.add_argument("--frames-64k", type=int, default=16384, help="64 KiB frames per run (1 GiB)")
     parser.add_argument("--frames-100", type=int, default=300_000)
     parser.add_argument("--round-trips", type=int, default=5000)
+    parser.add_argument("--only", choices=["throughput", "latency"], help="run one half")
     args = parser.parse_args()
     result: dict[str, Any] = {
         "benchmark": "ring",
@@ -255,7 +255,8 @@ def main() -> None:
             f"ratio {r['ratio_to_memcpy']['median']:.3f}"
             + (f"  {r['records_per_s']['median'] / 1e6:.1f}M records/s" if "records_per_s" in r else "")
         )
-    for mode, n in (("spin", args.round_trips), ("sleep", max(200, args.round_trips // 5))):
+    modes = (("spin", args.round_trips), ("sleep", max(200, args.round_trips // 5)))
+    for mode, n in modes if args.only != "throughput" else ():
         r = result["latency"][mode] = latency(mode, n, args.runs)
         print(
             f"round trip, {mode:5}: p50 {r['p50_us']['median']:8.1f} us [{r['p50_us']['min']:.1f}-"

@@ -83,6 +83,18 @@ def _cmd(argv: list[str]) -> str:
         return ""
 
 
+def calibrate_loop_ns(n: int = 5_000_000) -> float:
+    """ns per iteration of a bare `for` loop, best of 3: how fast this Python is right now (compare
+    runs or machines with it; FACTS.md measured 17 ns on this machine kind)."""
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter_ns()
+        for _ in range(n):
+            pass
+        best = min(best, (time.perf_counter_ns() - t) / n)
+    return best
+
+
 def machine_info() -> dict[str, Any]:
     from importlib import metadata
 
@@ -125,6 +137,7 @@ def machine_info() -> dict[str, Any]:
         "servers": servers,
         "git_commit": _cmd(["git", "-C", str(root), "rev-parse", "--short", "HEAD"]),
         "loadavg_start": list(os.getloadavg()),
+        "bare_loop_ns_start": calibrate_loop_ns(),
     }
 
 
@@ -235,7 +248,8 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
         "- servers: " + "; ".join(f"{v}" for v in m["servers"].values() if v),
         f"- git {m['git_commit']}; runs per cell: {data['args']['runs']}; smoke: {data['args']['smoke']};"
         f" wall {data['wall_s']:.0f} s; load average at start {m['loadavg_start'][0]:.2f},"
-        f" at end {m.get('loadavg_end', [0])[0]:.2f}"
+        f" at end {m.get('loadavg_end', [0])[0]:.2f}; bare Python loop {m['bare_loop_ns_start']:.0f} ns/iter"
+        f" at start, {m.get('bare_loop_ns_end', 0):.0f} at end"
         " (other work shares this machine: read ratios and spreads)",
         "",
         "## Throughput (end to end: producer released -> consumer has every record)",
@@ -473,6 +487,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     summary = [summarize(s, size, results[(s.name, size)]) for s, size, _n, _t in cells]
     machine["loadavg_end"] = list(os.getloadavg())
+    machine["bare_loop_ns_end"] = calibrate_loop_ns()
     data: dict[str, Any] = {
         "started_utc": started.isoformat(timespec="seconds"),
         "finished_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

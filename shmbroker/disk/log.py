@@ -38,6 +38,9 @@ from shmbroker.disk.segment import Segment
 from shmbroker.errors import ClosedError, OffsetOutOfRangeError
 from shmbroker.records import BatchHeader
 
+# Recovery must not cut batches that were legal when written: max.message.bytes may have been
+# lowered since. Garbage lengths cannot hurt, since a batch must also fit in the file.
+RECOVERY_MAX_BATCH_BYTES = 2**31 - 1
 # Decoding a batch to find one record's timestamp (ListOffsets) is bounded by this much memory.
 MAX_UNCOMPRESSED_BYTES = 64 << 20
 
@@ -124,7 +127,7 @@ class Log:
                 directory,
                 segments,
                 recovery_point=recovery_point,
-                max_batch_bytes=max(config.max_message_bytes, records.HEADER_BYTES),
+                max_batch_bytes=RECOVERY_MAX_BATCH_BYTES,
                 clean=clean,
             )
         else:

@@ -108,6 +108,12 @@ def seq_cell(region: memoryview) -> memoryview:
     return region[SEQ_OFFSET : SEQ_OFFSET + SEQ.size].cast("Q")
 
 
+def _counters(raw: tuple[int, ...]) -> dict[str, int]:
+    """The counter fields of a possibly torn snapshot: statistics, so a stale or zeroed one is tolerable."""
+    snapshot = ControlSnapshot._make(raw)
+    return {name: getattr(snapshot, name) for name in ControlSnapshot._fields[8:]}
+
+
 def check_control(region: memoryview) -> tuple[int, str]:
     """Check magic and version; return ``(partition_id, worker doorbell name)``. ``BrokenError`` if bad."""
     if len(region) < CONTROL_BYTES:
@@ -126,10 +132,19 @@ class ControlWriter:
         self._buf = region
         # seq goes through a 'Q' cast: one 8-byte store (struct.pack_into zero-fills first; layout.py).
         self._seq_cell = seq_cell(region)
-        # Start from an even seq whatever a killed predecessor left behind.
-        self._seq = (self._seq_cell[0] + 1) & ~1
+        left = self._seq_cell[0]
+        # A restarted worker carries its predecessor's offsets and counters over, so readers never see
+        # the high watermark fall back to 0 while it recovers. If the predecessor died mid-update (seq
+        # odd) the snapshot may be torn: then offsets start from 0, which can only hide records, never
+        # show one above the real high watermark.
+        previous = (
+            _EMPTY if left & 1 else ControlSnapshot._make(SNAPSHOT.unpack_from(region, SNAPSHOT_OFFSET))
+        )
+        if left & 1:
+            previous = previous._replace(**_counters(SNAPSHOT.unpack_from(region, SNAPSHOT_OFFSET)))
+        self._seq = (left + 1) & ~1  # even, whatever a killed predecessor left behind
         self._seq_cell[0] = self._seq
-        self.current = _EMPTY._replace(worker_pid=os.getpid())
+        self.current = previous._replace(state=WorkerState.STARTING, worker_pid=os.getpid())
         self.wake_flag = WakeFlag(region, SLEEPING_OFFSET, bell)
         self._owned: tuple[SharedBlock, Doorbell] | None = None
         self.publish(self.current)  # our pid and STARTING, visible at once

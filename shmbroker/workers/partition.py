@@ -99,26 +99,27 @@ class _Lane:
 
 
 def tail_producer_batches(log: Log, limit: int) -> list[tuple[int, int, int]]:
-    """(base_offset, producer_id, base_sequence) of the last batches of the active segment, oldest first."""
-    segments = log.segments
-    if not segments:
-        return []
-    path = segments[-1][1]
+    """(base_offset, producer_id, base_sequence) of the log's last batches, oldest first.
+
+    Reads the last two segments' batch headers (a roll may have come just before the crash), so
+    a restarted worker knows which frames still in its lanes were appended already.
+    """
     found: list[tuple[int, int, int]] = []
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < records.HEADER_BYTES:
-            return []
-        with mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as mapped:
-            view = memoryview(mapped)
-            try:
-                for _position, header in records.iter_batches(view):
-                    if header.producer_id >= 0:
-                        found.append((header.base_offset, header.producer_id, header.base_sequence))
-            except BrokerError:
-                pass  # a preallocated zero tail ends the scan
-            finally:
-                view.release()
+    for _base, path in log.segments[-2:]:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < records.HEADER_BYTES:
+                continue
+            with mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    for _position, header in records.iter_batches(view):
+                        if header.producer_id >= 0:
+                            found.append((header.base_offset, header.producer_id, header.base_sequence))
+                except BrokerError:
+                    pass  # a preallocated zero tail ends the scan
+                finally:
+                    view.release()
     return found[-limit:]
 
 
@@ -197,8 +198,8 @@ class PartitionWorker:
         requests = lane.worker.drain(DRAIN_BYTES)
         if not requests:
             return 0
-        # One private copy of everything drained (memcpy, ~20 GB/s), then the ring space is free
-        # and what we check is what we write.
+        # One private copy of everything drained (memcpy, ~20 GB/s): what we check is what we write,
+        # whatever the producer does to its ring meanwhile.
         private = bytearray(sum(len(batch) for _sequence, _acks, batch in requests))
         views: list[memoryview] = []
         jobs: list[tuple[int, int]] = []
@@ -210,8 +211,10 @@ class PartitionWorker:
             jobs.append((sequence, acks))
             position += n
         del requests
-        lane.worker.release()
         self._append(lane, jobs, views)
+        # Release only now: a worker killed before this line leaves the frames in the lane, and its
+        # successor answers the ones already appended from ``recent`` instead of losing their acks.
+        lane.worker.release()
         return len(jobs)
 
     def _check_owner(self, lane: _Lane, view: memoryview, sequence: int) -> records.BatchHeader:

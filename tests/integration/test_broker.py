@@ -238,6 +238,7 @@ def test_sigkilled_worker_loses_no_acked_record(broker: BrokerProcess) -> None:
     create(broker, "kill")
     acked: dict[int, bytes] = {}
     failed = 0
+    reasons: set[str] = set()
 
     def on_delivery(err: KafkaError | None, msg) -> None:
         nonlocal failed
@@ -245,6 +246,7 @@ def test_sigkilled_worker_loses_no_acked_record(broker: BrokerProcess) -> None:
             acked[msg.offset()] = msg.value()
         else:
             failed += 1
+            reasons.add(err.str())
 
     producer = Producer({"bootstrap.servers": broker.address, "linger.ms": 1, "message.timeout.ms": 20000})
     sent = 0
@@ -266,7 +268,10 @@ def test_sigkilled_worker_loses_no_acked_record(broker: BrokerProcess) -> None:
     assert producer.flush(40) == 0
     producer.close()
     assert kills == 3
-    got = read_all(broker, "kill", [0], len(acked))
+    consumer = Consumer({"bootstrap.servers": broker.address})
+    _low, high = consumer.get_watermark_offsets(TopicPartition("kill", 0))
+    consumer.close()
+    got = read_all(broker, "kill", [0], high)  # everything stored, acked or not
     offsets = [m.offset() for m in got]
     assert offsets == list(range(len(got))), "offsets must be dense"
     stored = {m.offset(): m.value() for m in got}
@@ -276,6 +281,8 @@ def test_sigkilled_worker_loses_no_acked_record(broker: BrokerProcess) -> None:
     values = [m.value() for m in got]
     assert len(values) == len(set(values))
     assert len(acked) + failed == sent
+    # A record reported failed must not be stored either (else a retry would duplicate it).
+    assert len(got) == len(acked), f"{len(got) - len(acked)} records stored but reported failed ({failed} failed: {reasons})"
 
 
 def test_producer_killed_mid_write_wedges_nobody(broker: BrokerProcess, tmp_path: Path) -> None:

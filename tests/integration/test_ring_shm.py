@@ -228,7 +228,7 @@ def test_producer_killed_mid_write_leaves_the_worker_able_to_continue(broker: An
         assert time.monotonic() < deadline
         drain_checked()
     os.kill(producer.pid, signal.SIGKILL)  # somewhere in try_send, most likely mid-memcpy
-    producer.wait(10)
+    producer.communicate(timeout=10)  # reaps it and closes its stdout pipe
     while drain_checked():
         pass  # everything committed before the kill, and nothing else
     assert worker.drain(1 << 20) == []

@@ -95,7 +95,26 @@ def decode_both(batch: bytes | bytearray) -> list[Record]:
     exact = records._parse_exact(block, header.records_count)
     assert exact.value_lengths.tolist() == columns.value_lengths.tolist()
     assert exact.offset_deltas.tolist() == (columns.offsets - header.base_offset).tolist()
+    assert_parsers_agree(block, header.records_count)
     return decoded
+
+
+def assert_parsers_agree(block: bytes, count: int) -> None:
+    """The fast parsers (uniform runs; numpy from 16 records on) accept only what the exact one
+    accepts, with the same result; None from them means "ask the next parser"."""
+    try:
+        exact: records._Columns | None = records._parse_exact(block, count)
+    except CorruptRecordError:
+        exact = None
+    if count > len(block) // records.MIN_RECORD_BYTES or count == 0:
+        return  # decode refuses these counts before either parser runs
+    for fast in (records._parse_uniform(block, count), records._parse_vectorised(block, count)):
+        if fast is None:
+            continue
+        assert exact is not None, "a fast parser accepted a block the exact parser refuses"
+        for name in records._Columns._fields[:-1]:
+            assert getattr(fast, name).tolist() == getattr(exact, name).tolist(), name
+        assert fast.headers == exact.headers
 
 
 # ---------------------------------------------------------------------------------------------- varints
@@ -196,7 +215,8 @@ def test_seeded_random_batches_round_trip(seed: int) -> None:
 @pytest.mark.parametrize(
     ("count", "value_bytes"),
     [(c, v) for c in (1, 63, 64, 65) for v in (0, 63, 64, 100)]
-    + [(c, v) for c in (8191, 8192, 8193) for v in (0, 100)],
+    + [(c, v) for c in (8191, 8192, 8193) for v in (0, 100)]
+    + [(records._PrefixTable.max_records + 3, 5)],  # past the cached prefixes
 )
 def test_fast_paths_agree_across_varint_widths(count: int, value_bytes: int) -> None:
     """Record counts and sizes where varints widen; list, ndarray and builder paths give equal bytes."""
@@ -214,6 +234,32 @@ def test_fast_paths_agree_across_varint_widths(count: int, value_bytes: int) -> 
     rows_back = columns.value_rows()
     assert rows_back is not None
     assert np.array_equal(rows_back, rows)
+
+
+def test_many_value_sizes_in_turn_keep_prefix_tables_right() -> None:
+    for value_bytes in [*range(3 * records._PrefixTable.max_lengths), 5, 0]:
+        values = [bytes([value_bytes % 256]) * value_bytes] * 70
+        assert (
+            records.decode_columnar(
+                records.encode_values(values, timestamp_ms=1), max_uncompressed_bytes=LIMIT
+            ).values()
+            == values
+        )
+
+
+@pytest.mark.parametrize(("timestamp_delta_ms", "uniform"), [(0, True), (1, False), (-(2**40), False)])
+def test_uniform_parser_takes_keyed_batches_with_one_timestamp(
+    timestamp_delta_ms: int, uniform: bool
+) -> None:
+    """Fixed-size keys and values at one timestamp take the uniform path; other timestamps do not."""
+    builder = BatchBuilder()
+    keys = [b"k-%d" % (index % 10) for index in range(200)]
+    for index, key in enumerate(keys):
+        builder.append(b"value", key=key, timestamp_ms=2**41 + (timestamp_delta_ms if index % 2 else 0))
+    batch = builder.build()
+    block = bytes(batch[records.HEADER_BYTES :])
+    assert (records._parse_uniform(block, 200) is not None) == uniform
+    assert [(r.key, r.value) for r in decode_both(batch)] == [(key, b"value") for key in keys]
 
 
 def test_encode_values_with_keys_and_mixed_sizes() -> None:
@@ -245,6 +291,12 @@ def test_builder_size_estimate_covers_the_batch() -> None:
             builder.append(b"v", key=b"key", headers=[("trace", b"1234")])
     actual = len(builder.build())
     assert actual <= builder.size_bytes_estimate <= actual * 1.1
+    plain = BatchBuilder()
+    for index in range(3000):
+        plain.append(None if index % 100 == 1 else bytes(index % 300))
+        if index % 500 == 0:  # asked now and then: the lazy count must stay right
+            assert len(plain.build()) <= plain.size_bytes_estimate <= len(plain.build()) * 1.1
+    assert len(plain.build()) <= plain.size_bytes_estimate <= len(plain.build()) * 1.1
 
 
 def test_builder_and_encode_values_refuse_empty_batches() -> None:
@@ -393,6 +445,7 @@ def hostile_blocks() -> dict[str, tuple[bytes, int]]:
 @pytest.mark.parametrize(("block", "count"), hostile_blocks().values(), ids=hostile_blocks().keys())
 @pytest.mark.parametrize("codec", [Codec.NONE, Codec.ZSTD], ids=["none", "zstd"])
 def test_hostile_records_blocks_raise_corrupt(block: bytes, count: int, codec: Codec) -> None:
+    assert_parsers_agree(block, count)
     payload = codecs.compress(codec, block)
     batch = make_batch(payload, count, codec=codec)
     tracemalloc.start()
@@ -454,6 +507,7 @@ def test_random_damage_raises_only_typed_errors(seed: int, which: int) -> None:
         damaged = bytearray(block)
         for _ in range(rng.randrange(1, 4)):
             damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        assert_parsers_agree(bytes(damaged), header.records_count)
         batch = make_batch(bytes(damaged), header.records_count)
         try:
             decoded = records.decode_batch(batch, max_uncompressed_bytes=LIMIT)

@@ -211,3 +211,15 @@ def test_statistics(log_dir: Path) -> None:
     assert (stats.segments, stats.size_bytes, stats.log_end_offset) == (1, len(batch), 1)
     assert parse_batch_header(batch).base_offset == 0
     log.close()
+
+
+def test_truncate_to_the_start_then_append_survives_reopen(log_dir: Path) -> None:
+    log = Log.open(log_dir, small_config(), now_ms=0)
+    log.append(make_batch([b"a"]), now_ms=0)
+    log.truncate_to(0)
+    log.append(make_batch([b"b"]), now_ms=0)
+    log.close(clean=False)
+    log = Log.open(log_dir, small_config(), now_ms=0)
+    assert log.log_end_offset == 1
+    assert b"b" in (read_bytes(log, 0, 100) or b"")
+    log.close()

@@ -211,3 +211,12 @@ def test_recovery_rebuilds_the_indexes_appends_built(log_dir: Path) -> None:
     assert any(before.values())
     Log.open(log_dir, small_config(), now_ms=0, force_recovery=True).close()
     assert {p.name: p.read_bytes() for p in log_dir.glob("*index")} == before
+
+
+def test_recovery_keeps_batches_above_a_lowered_max_message_bytes(log_dir: Path) -> None:
+    log = Log.open(log_dir, small_config(segment_bytes=1 << 20), now_ms=0)
+    log.append(make_batch([b"x" * 5000]), now_ms=0)
+    log.close(clean=False)
+    log = Log.open(log_dir, small_config(segment_bytes=1 << 20, max_message_bytes=1000), now_ms=0)
+    assert log.log_end_offset == 1
+    log.close()

@@ -139,6 +139,33 @@ def test_reader_gives_up_on_a_writer_that_died_mid_update() -> None:
     assert reader.read().state == WorkerState.STARTING
 
 
+def test_a_restarted_worker_keeps_the_offsets_readers_saw() -> None:
+    region = control_region()
+    first = ControlWriter(region[:])
+    first.set_state(WorkerState.READY)
+    first.record_append(log_end_offset=500, high_watermark=480, batches=7, records=500, n_bytes=1)
+    ControlWriter(region[:])  # the restarted worker, before its recovery publishes anything
+    snap = ControlReader(region[:]).read()
+    assert (snap.state, snap.log_end_offset, snap.high_watermark, snap.batches_in) == (
+        WorkerState.STARTING, 500, 480, 7,
+    )  # fmt: skip
+
+
+def test_a_worker_killed_mid_update_leaves_no_torn_offsets_behind() -> None:
+    region = control_region()
+    ControlWriter(region[:]).record_append(
+        log_end_offset=500, high_watermark=480, batches=7, records=1, n_bytes=1
+    )
+    SEQ.pack_into(region, SEQ_OFFSET, SEQ.unpack_from(region, SEQ_OFFSET)[0] + 1)  # died after the odd store
+    ControlWriter(region[:])
+    snap = ControlReader(region[:]).read()
+    assert (snap.log_end_offset, snap.high_watermark, snap.batches_in) == (
+        0,
+        0,
+        7,
+    )  # offsets unknown, counters kept
+
+
 def test_reader_retries_past_a_concurrent_update() -> None:
     region = control_region()
     reader = ControlReader(region[:])
