@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from shmbroker import records
 from shmbroker.config import LogConfig
 from shmbroker.disk import segment as segment_module
 from shmbroker.disk.log import Log
@@ -35,6 +36,8 @@ from shmbroker.records import HEADER_BYTES, crc32c
 
 RESULTS = Path(__file__).resolve().parent / "results" / "disk-latest.json"
 MIB = 1 << 20
+CHECK_BATCH = records.check_batch
+DEFAULT_PREALLOCATE_WITH = segment_module.PREALLOCATE_WITH
 
 
 def make_batch(size_bytes: int, records_count: int = 1) -> bytearray:
@@ -73,16 +76,22 @@ def os_pwrite_recycled(path: Path, batch: bytearray, count: int) -> float:
     return elapsed
 
 
-def log_append(directory: Path, batch: bytearray, count: int, per_call: int, preallocate: str) -> float:
+def log_append(
+    directory: Path, batch: bytearray, count: int, per_call: int, preallocate: str, *, check_crc: bool = True
+) -> float:
     """Append ``count`` batches; with ``preallocate`` the first segment is preallocated at open,
     so the timed loop sees what a broker sees after a roll (which preallocates the next one)."""
     segment_module.PREALLOCATE_WITH = preallocate or "ftruncate"
+    if not check_crc:  # attribution only: what the CRC-32C check costs (never do this for real)
+        records.check_batch = lambda buf, *, max_batch_bytes: records.parse_batch_header(buf)
     log = Log.open(directory, LogConfig(preallocate=bool(preallocate)), now_ms=0)
-    group = [batch] * per_call  # the same buffer, stamped again each time: only offsets change
+    # distinct buffers, as a drained lane gives; each is stamped again every call
+    group = [batch] + [bytearray(batch) for _ in range(per_call - 1)]
     start = time.perf_counter()
     for i in range(count // per_call):
         log.append_many(group, now_ms=i)
     elapsed = time.perf_counter() - start
+    records.check_batch = CHECK_BATCH
     log.close(clean=False)
     return elapsed
 
@@ -101,6 +110,9 @@ def bench_append(root: Path, runs: int, mib: int) -> dict[str, list[float]]:
         "Log.append_many x8": lambda d: log_append(d / "log", batch, count, 8, ""),
         "Log.append preallocate=ftruncate": lambda d: log_append(d / "log", batch, count, 1, "ftruncate"),
         "Log.append preallocate=fallocate": lambda d: log_append(d / "log", batch, count, 1, "fallocate"),
+        "Log.append, CRC check off (attribution only)": lambda d: log_append(
+            d / "log", batch, count, 1, "", check_crc=False
+        ),
         "os.pwrite over cached file (recycled)": lambda d: os_pwrite_recycled(recycled, batch, count),
     }
     seconds: dict[str, list[float]] = {name: [] for name in modes}
@@ -114,7 +126,7 @@ def bench_append(root: Path, runs: int, mib: int) -> dict[str, list[float]]:
             work.mkdir()
             seconds[name].append(modes[name](work))
             shutil.rmtree(work)
-    segment_module.PREALLOCATE_WITH = "ftruncate"
+    segment_module.PREALLOCATE_WITH = DEFAULT_PREALLOCATE_WITH
     return {name: [count * MIB / s / 1e9 for s in values] for name, values in seconds.items()}
 
 
@@ -132,7 +144,7 @@ def bench_recovery(root: Path, runs: int, mib: int) -> dict[str, list[float]]:
     for batch_kib in (1024, 16):
         for preallocate in (False, True):
             directory = root / f"recover-{batch_kib}-{preallocate}"
-            config = LogConfig(segment_bytes=256 * MIB, preallocate=preallocate)
+            config = LogConfig(segment_bytes=256 * MIB, preallocate=preallocate)  # fallocate'd
             log = Log.open(directory, config, now_ms=0)
             batch = make_batch(batch_kib * 1024)
             for i in range(mib * 1024 // batch_kib):

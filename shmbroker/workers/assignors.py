@@ -133,8 +133,8 @@ def _valid_owned(
     """Owned claims that still count: partition exists, owner subscribes, highest generation wins."""
     best: dict[TopicPartition, tuple[int, list[str]]] = {}
     for member, sub in members.items():
-        for tp in set(map(tuple, sub.owned)):
-            tp_ = (str(tp[0]), int(tp[1]))
+        for topic, partition in set(sub.owned):
+            tp_ = (str(topic), int(partition))
             if tp_ not in partitions or tp_[0] not in sub.topics:
                 continue
             generation, claimants = best.get(tp_, (-(2**63), []))
@@ -153,7 +153,9 @@ def _sticky(
     members: Mapping[str, MemberSubscription], partitions_per_topic: Mapping[str, int]
 ) -> dict[str, list[TopicPartition]]:
     ordered = _sorted_members(members)
-    eligible_topics = {m: {t for t in members[m].topics if partitions_per_topic.get(t, 0) > 0} for m in ordered}
+    eligible_topics = {
+        m: {t for t in members[m].topics if partitions_per_topic.get(t, 0) > 0} for m in ordered
+    }
     partitions = {
         (t, p) for topics in eligible_topics.values() for t in topics for p in range(partitions_per_topic[t])
     }

@@ -163,9 +163,13 @@ class OffsetStore:
         """Every group's live offsets as found at open: group -> {(topic, partition): StoredOffset}."""
         return {group: dict(entries) for group, entries in self._offsets.items()}
 
-    def commit(self, group: str, offsets: dict[TopicPartition, tuple[int, str]], *, commit_ms: int = 0) -> None:
+    def commit(
+        self, group: str, offsets: dict[TopicPartition, tuple[int, str]], *, commit_ms: int = 0
+    ) -> None:
         """Append one record for the whole commit and fdatasync it. KafkaStorageError if the disk fails."""
-        entries = {(str(t), int(p)): StoredOffset(int(o), str(m), commit_ms) for (t, p), (o, m) in offsets.items()}
+        entries = {
+            (str(t), int(p)): StoredOffset(int(o), str(m), commit_ms) for (t, p), (o, m) in offsets.items()
+        }
         self._append(encode_record(KIND_COMMIT, group, entries))
 
     def delete_group(self, group: str) -> None:

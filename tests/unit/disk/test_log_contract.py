@@ -14,11 +14,12 @@ from tests.unit.disk.conftest import MemoryLog, make_batch, read_bytes, small_co
 
 
 class Contract(Protocol):
-    log_start_offset: int
-    log_end_offset: int
-
+    @property
+    def log_start_offset(self) -> int: ...
+    @property
+    def log_end_offset(self) -> int: ...
     def append(self, batch: bytearray) -> int: ...
-    def read(self, offset: int, max_bytes: int, upto_offset: int | None = None) -> bytes | None: ...
+    def read(self, offset: int, max_bytes: int, *, upto_offset: int | None = None) -> bytes | None: ...
     def truncate_to(self, offset: int) -> None: ...
 
 
@@ -37,7 +38,7 @@ class DiskAdapter:
     def append(self, batch: bytearray) -> int:
         return self.log.append(batch, now_ms=0).base_offset
 
-    def read(self, offset: int, max_bytes: int, upto_offset: int | None = None) -> bytes | None:
+    def read(self, offset: int, max_bytes: int, *, upto_offset: int | None = None) -> bytes | None:
         return read_bytes(self.log, offset, max_bytes, upto_offset)
 
     def truncate_to(self, offset: int) -> None:

@@ -89,8 +89,8 @@ def test_recover_cuts_random_garbage_after_a_random_point(log_dir: Path, seed: i
                                   else model.log_end_offset)  # fmt: skip
     assert all_bytes(log) == b"".join(survivors)
     assert [base for base, _ in log.segments] == sorted(int(p.name[:20]) for p in log_dir.glob("*.log"))
-    batch = make_batch([b"after"])
-    assert log.append(batch, now_ms=0).base_offset == log.log_end_offset - 1  # dense from there on
+    after = make_batch([b"after"])
+    assert log.append(after, now_ms=0).base_offset == log.log_end_offset - 1  # dense from there on
     log.close()
 
 

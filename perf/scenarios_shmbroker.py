@@ -1,0 +1,257 @@
+"""shmbroker scenarios for the harness (perf/harness.py): the same shapes as the peers, measured the same way.
+
+Each run starts a fresh broker (``python -m shmbroker serve``) on a temp data dir and a free loopback
+port, creates one topic with one partition, runs a producer process and a consumer process
+(multiprocessing spawn, released together by the harness), and stops the broker by pid. CPU and peak
+memory of the supervisor and the partition worker are measured by the harness as "servers".
+
+Client settings: acks=1, linger.ms=5, batch.size 1 MB, queue.buffering.max.messages 200000 (the
+producer serves deliveries with poll(0) on BufferError, as a confluent-kafka user must), one
+partition named explicitly. ``local`` uses the shared-memory lanes and reads segment files directly;
+``remote`` forces ZeroMQ (``shmbroker.transport=zmq``). The consumer of the produce()/poll()
+scenarios builds one Message per record (``consume(10000)``); the ``batch`` scenarios use
+``produce_batch`` and ``consume_columnar`` (no Python object per record).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import psutil
+
+from perf.harness import Ctl, Pacer, Result, percentiles_us, read_stamp, run_pair, scenario, stamp_payload
+from perf.servers import HOST, free_port
+
+SIZES = (100, 1024, 65536)
+TOPIC = "bench"
+READY_TIMEOUT_S = 30.0
+LAT_RATES = (10_000, 50_000)
+LAT_SECONDS = 2.0
+LAT_TIMEOUT_S = 2 * LAT_SECONDS + 5.0
+N_LOCAL = {100: 2_000_000, 1024: 500_000, 65536: 20_000}
+N_BATCH = {100: 5_000_000, 1024: 1_000_000, 65536: 20_000}
+N_REMOTE = {100: 1_000_000, 1024: 300_000, 65536: 10_000}
+
+
+class Broker:
+    """A fresh broker in a child process, with one topic; stopped (SIGTERM, then SIGKILL) by pid."""
+
+    def __init__(self, partitions: int = 1, config: dict[str, str] | None = None) -> None:
+        self.partitions, self.topic_config = partitions, config or {}
+        self.dir = tempfile.mkdtemp(prefix="shmb-bench-")
+        self.port = free_port()
+        self.address = f"tcp://{HOST}:{self.port}"
+        self.process: subprocess.Popen[str] | None = None
+        self.ready_s = 0.0
+
+    def __enter__(self) -> Broker:
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "shmbroker", "serve", "--data-dir", self.dir, "--listen", self.address],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.process is not None and self.process.stdout is not None
+            for line in self.process.stdout:
+                if " ready: " in line:
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(READY_TIMEOUT_S):
+            self.__exit__()
+            raise RuntimeError("shmbroker did not report ready")
+        self.ready_s = time.monotonic() - started
+        from shmbroker import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.address})
+        admin.create_topics([NewTopic(TOPIC, self.partitions, config=self.topic_config)])[TOPIC].result()
+        admin.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def worker_pids(self) -> list[int]:
+        out = []
+        for child in psutil.Process(self.pid).children(recursive=True):
+            try:
+                if "shmbroker: partition" in " ".join(child.cmdline()):
+                    out.append(child.pid)
+            except psutil.Error:
+                continue
+        return out
+
+    def servers(self) -> dict[str, int]:
+        pids = {"broker-supervisor": self.pid}
+        for i, pid in enumerate(self.worker_pids()):
+            pids[f"broker-worker-{i}"] = pid
+        return pids
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            family = [c.pid for c in psutil.Process(self.pid).children(recursive=True)]
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+            for pid in family:
+                try:
+                    psutil.Process(pid).kill()
+                except psutil.Error:
+                    pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _producer_conf(address: str, transport: str, codec: str, linger_ms: int = 5) -> dict[str, Any]:
+    return {"bootstrap.servers": address, "acks": 1, "linger.ms": linger_ms, "compression.type": codec,
+            "shmbroker.transport": transport, "queue.buffering.max.messages": 200_000}
+
+
+def producer_child(ctl: Ctl, address: str, transport: str, codec: str, size: int, n: int,
+                   batch: bool = False, rate: float | None = None) -> dict[str, Any]:
+    from shmbroker import Producer
+
+    producer = Producer(_producer_conf(address, transport, codec, linger_ms=0 if rate else 5))
+    producer.produce(TOPIC, b"warm-up", partition=0)  # opens the lane before the clock starts
+    producer.flush(10)
+    payload = os.urandom(size)
+    ctl.ready()
+    sent = 0
+    if rate:
+        pacer, mk = Pacer(rate, ctl.t_go_ns), stamp_payload(size)
+        while sent < n and not ctl.expired():
+            due = min(pacer.due(time.monotonic_ns()), n)
+            if due <= sent:
+                producer.poll(0)
+                pacer.sleep_until(sent)
+                continue
+            for i in range(sent, due):
+                producer.produce(TOPIC, mk(pacer.sched_ns(i)), partition=0)
+            sent = due
+            producer.poll(0)
+    elif batch:
+        import numpy as np
+
+        rows = np.frombuffer(payload * 1024, dtype=np.uint8).reshape(1024, size) if size <= 1024 else None
+        chunk = 100_000 if size <= 1024 else 64
+        while sent < n and not ctl.expired():
+            k = min(chunk, n - sent)
+            values: Any = np.tile(rows, (k // 1024 + 1, 1))[:k] if rows is not None else [payload] * k
+            while True:
+                try:
+                    producer.produce_batch(TOPIC, values, partition=0)
+                    break
+                except BufferError:
+                    producer.poll(0.001)
+            sent += k
+            if len(producer) > 400_000:
+                producer.poll(0.001)
+    else:
+        produce, poll = producer.produce, producer.poll
+        while sent < n:
+            try:
+                produce(TOPIC, payload, partition=0)
+                sent += 1
+            except BufferError:
+                poll(0.0005)
+                if ctl.expired():
+                    break
+    producer.flush(max(1.0, ctl.remaining()))
+    producer.close(5)
+    return {"sent": sent}
+
+
+def consumer_child(ctl: Ctl, address: str, transport: str, size: int, n: int, batch: bool = False,
+                   rate: float | None = None) -> dict[str, Any]:
+    from shmbroker import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": address, "shmbroker.transport": transport,
+                         "fetch.max.wait.ms": 100, "max.partition.fetch.bytes": 4 << 20})
+    consumer.assign([TopicPartition(TOPIC, 0, 1)])  # offset 0 is the producer's warm-up record
+    ctl.ready()
+    got = 0
+    lat: list[int] = []
+    while got < n and not ctl.expired():
+        if batch:
+            for _t, _p, columns in consumer.consume_columnar(timeout=0.1):
+                got += len(columns)
+        elif rate:
+            msg = consumer.poll(0.1)
+            if msg is not None:
+                lat.append(time.monotonic_ns() - read_stamp(msg.value()))  # type: ignore[arg-type]
+                got += 1
+        else:
+            got += len(consumer.consume(10_000, timeout=0.1))
+    t_last = ctl.stop_clock()
+    consumer.close()
+    out: dict[str, Any] = {"received": got, "t_last_ns": t_last, "timed_out": ctl.expired()}
+    if rate:
+        d = percentiles_us(lat)
+        d["offered_rate"] = float(rate)
+        d["achieved_rate"] = got / max((t_last - ctl.t_go_ns) / 1e9, 1e-9)
+        out["latency"] = d
+    return out
+
+
+def _run(name: str, size: int, n: int, timeout_s: float, *, transport: str, codec: str = "none",
+         batch: bool = False, rate: float | None = None) -> Result:
+    with Broker() as broker:
+        kw_p = {"address": broker.address, "transport": transport, "codec": codec, "size": size, "n": n,
+                "batch": batch, "rate": rate}
+        kw_c = {"address": broker.address, "transport": transport, "size": size, "n": n, "batch": batch,
+                "rate": rate}
+        return run_pair(name, size, n, timeout_s, producer=(producer_child, kw_p),
+                        consumer=(consumer_child, kw_c), servers=broker.servers(),
+                        extra={"transport": transport, "codec": codec, "batch_api": batch, "rate": rate})
+
+
+def _register(name: str, doc: str, records: dict[int, int], **kw: Any) -> None:
+    def run(size_bytes: int, n_records: int, timeout_s: float) -> Result:
+        return _run(name, size_bytes, n_records, timeout_s, **kw)
+
+    run.__doc__ = doc
+    scenario(name, sizes=SIZES, peer=False, records=records, timeout_s=60.0)(run)
+
+
+_register("shmbroker-local", "Local e2e, shared-memory lanes, produce()/consume(); acks=1.", N_LOCAL,
+          transport="shm")
+_register("shmbroker-local-lz4", "As shmbroker-local with compression.type=lz4.", N_LOCAL, transport="shm",
+          codec="lz4")
+_register("shmbroker-local-batch", "Local e2e with produce_batch()/consume_columnar(); acks=1.", N_BATCH,
+          transport="shm", batch=True)
+_register("shmbroker-local-batch-lz4", "As shmbroker-local-batch with lz4.", N_BATCH, transport="shm",
+          codec="lz4", batch=True)
+_register("shmbroker-remote", "Remote e2e over ZeroMQ (tcp loopback), produce()/consume(); acks=1.",
+          N_REMOTE, transport="zmq")
+_register("shmbroker-remote-lz4", "As shmbroker-remote with lz4.", N_REMOTE, transport="zmq", codec="lz4")
+
+
+def _register_latency(transport: str, rate: int) -> None:
+    name = f"shmbroker-{'local' if transport == 'shm' else 'remote'}-lat{rate // 1000}k"
+
+    def run(size_bytes: int, n_records: int, timeout_s: float) -> Result:
+        return _run(name, size_bytes, n_records, timeout_s, transport=transport, rate=rate)
+
+    run.__doc__ = (f"Latency at {rate} records/s offered (100 B): produce() each due record with "
+                   "linger.ms=0, poll(0); consumer poll(); latency = receive - scheduled send time.")
+    scenario(name, sizes=(100,), kind="latency", peer=False, records={100: int(rate * LAT_SECONDS)},
+             smoke_records={100: int(rate * 0.2)}, timeout_s=LAT_TIMEOUT_S)(run)
+
+
+for _transport in ("shm", "zmq"):
+    for _rate in LAT_RATES:
+        _register_latency(_transport, _rate)
