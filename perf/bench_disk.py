@@ -38,6 +38,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "disk-latest.json"
 MIB = 1 << 20
 CHECK_BATCH = records.check_batch
 DEFAULT_PREALLOCATE_WITH = segment_module.PREALLOCATE_WITH
+DEFAULT_RESERVE_AHEAD_BYTES = segment_module.RESERVE_AHEAD_BYTES
 
 
 def make_batch(size_bytes: int, records_count: int = 1) -> bytearray:
@@ -77,11 +78,20 @@ def os_pwrite_recycled(path: Path, batch: bytearray, count: int) -> float:
 
 
 def log_append(
-    directory: Path, batch: bytearray, count: int, per_call: int, preallocate: str, *, check_crc: bool = True
+    directory: Path,
+    batch: bytearray,
+    count: int,
+    per_call: int,
+    preallocate: str,
+    *,
+    check_crc: bool = True,
+    reserve_bytes: int = DEFAULT_RESERVE_AHEAD_BYTES,
 ) -> float:
     """Append ``count`` batches; with ``preallocate`` the first segment is preallocated at open,
-    so the timed loop sees what a broker sees after a roll (which preallocates the next one)."""
+    so the timed loop sees what a broker sees after a roll (which preallocates the next one).
+    ``reserve_bytes``: segment.RESERVE_AHEAD_BYTES for this run (0: no reserve, the old default)."""
     segment_module.PREALLOCATE_WITH = preallocate or "ftruncate"
+    segment_module.RESERVE_AHEAD_BYTES = reserve_bytes
     if not check_crc:  # attribution only: what the CRC-32C check costs (never do this for real)
         records.check_batch = lambda buf, *, max_batch_bytes: records.parse_batch_header(buf)
     log = Log.open(directory, LogConfig(preallocate=bool(preallocate)), now_ms=0)
@@ -92,6 +102,7 @@ def log_append(
         log.append_many(group, now_ms=i)
     elapsed = time.perf_counter() - start
     records.check_batch = CHECK_BATCH
+    segment_module.RESERVE_AHEAD_BYTES = DEFAULT_RESERVE_AHEAD_BYTES
     log.close(clean=False)
     return elapsed
 
@@ -108,6 +119,15 @@ def bench_append(root: Path, runs: int, mib: int) -> dict[str, list[float]]:
         "os.write (fresh file)": lambda d: os_write(d / "plain.bin", batch, count),
         "Log.append": lambda d: log_append(d / "log", batch, count, 1, ""),
         "Log.append_many x8": lambda d: log_append(d / "log", batch, count, 8, ""),
+        "Log.append, no reserve (before)": lambda d: log_append(
+            d / "log", batch, count, 1, "", reserve_bytes=0
+        ),
+        "Log.append, reserve 16 MiB": lambda d: log_append(
+            d / "log", batch, count, 1, "", reserve_bytes=16 * MIB
+        ),
+        "Log.append, reserve 64 MiB": lambda d: log_append(
+            d / "log", batch, count, 1, "", reserve_bytes=64 * MIB
+        ),
         "Log.append preallocate=ftruncate": lambda d: log_append(d / "log", batch, count, 1, "ftruncate"),
         "Log.append preallocate=fallocate": lambda d: log_append(d / "log", batch, count, 1, "fallocate"),
         "Log.append, CRC check off (attribution only)": lambda d: log_append(
@@ -139,9 +159,9 @@ def evict(directory: Path) -> None:
         os.close(fd)
 
 
-def bench_recovery(root: Path, runs: int, mib: int) -> dict[str, list[float]]:
+def bench_recovery(root: Path, runs: int, mib: int, batch_kibs: list[int]) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {}
-    for batch_kib in (1024, 16):
+    for batch_kib in batch_kibs:
         for preallocate in (False, True):
             directory = root / f"recover-{batch_kib}-{preallocate}"
             config = LogConfig(segment_bytes=256 * MIB, preallocate=preallocate)  # fallocate'd
@@ -171,6 +191,23 @@ def bench_recovery(root: Path, runs: int, mib: int) -> dict[str, list[float]]:
     return results
 
 
+def add_ratios(rows: list[dict[str, object]], append: dict[str, list[float]], runs: int) -> None:
+    """Ratio of medians to os.write, plus the median and spread of the per-run ratios (both
+    measured in the same run, so a slow run hits both sides: a steadier figure on a noisy VM)."""
+    if not append:
+        return
+    baseline = statistics.median(append["os.write (fresh file)"])
+    per_run_base = append["os.write (fresh file)"]
+    for row in rows:
+        name = str(row["name"])
+        if name in append:
+            row["ratio_to_os_write"] = float(row["median"]) / baseline  # type: ignore[arg-type]
+            ratios = [v / b for v, b in zip(append[name], per_run_base, strict=True)]
+            row["run_ratios"] = ratios
+            row["run_ratio_median"] = statistics.median(ratios)
+            row["run_ratio_min"], row["run_ratio_max"] = min(ratios), max(ratios)
+
+
 def summarize(name: str, values: list[float]) -> dict[str, object]:
     return {
         "name": name,
@@ -187,26 +224,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--mib", type=int, default=1024, help="bytes written per append run, MiB")
     parser.add_argument("--recovery-mib", type=int, default=1024, help="size of the recovered log, MiB")
+    parser.add_argument(
+        "--recovery-kib",
+        default="1024,16,4,1",
+        help="batch sizes of the recovered logs, KiB, comma-separated",
+    )
+    parser.add_argument("--only", choices=["append", "recovery"], help="run one half (still writes the JSON)")
     parser.add_argument("--quick", action="store_true", help="3 runs of 128 MiB: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.mib, args.recovery_mib = 3, 128, 128
+    batch_kibs = [int(k) for k in args.recovery_kib.split(",")]
     root = Path(tempfile.mkdtemp(prefix="bench-disk-", dir="/tmp"))
     try:
-        append = bench_append(root, args.runs, args.mib)
-        recovery = bench_recovery(root, args.runs, args.recovery_mib)
+        append = bench_append(root, args.runs, args.mib) if args.only != "recovery" else {}
+        recovery = (
+            bench_recovery(root, args.runs, args.recovery_mib, batch_kibs) if args.only != "append" else {}
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows = [summarize(n, v) for n, v in {**append, **recovery}.items()]
-    baseline = statistics.median(append["os.write (fresh file)"])
-    for row in rows:
-        if str(row["name"]).startswith(("Log.", "os.")):
-            row["ratio_to_os_write"] = float(row["median"]) / baseline  # type: ignore[arg-type]
-    print(f"{'benchmark':62} {'median':>8} {'min..max GB/s':>15} {'vs write':>9}")
+    add_ratios(rows, append, args.runs)
+    print(f"{'benchmark':74} {'median':>8} {'min..max GB/s':>15} {'vs write':>9} {'per-run ratio':>20}")
     for row in rows:
         ratio = f"{row['ratio_to_os_write']:.2f}x" if "ratio_to_os_write" in row else ""
+        per_run = (
+            f"{row['run_ratio_median']:.2f} ({row['run_ratio_min']:.2f}..{row['run_ratio_max']:.2f})"
+            if "run_ratio_median" in row
+            else ""
+        )
         spread = f"{row['min']:.2f}..{row['max']:.2f}"
-        print(f"{row['name']!s:62} {row['median']:8.2f} {spread:>15} {ratio:>9}")
+        print(f"{row['name']!s:74} {row['median']:8.2f} {spread:>15} {ratio:>9} {per_run:>20}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "runs": args.runs,

@@ -9,6 +9,9 @@ Invariants: offsets are dense and increasing across segments (segment i+1 starts
 ``log_start_offset`` is the first segment's base; ``log_end_offset`` is the next offset to assign.
 An append that returned is in the page cache (``pwritev``), so it survives a kill of this process;
 ``flush()`` makes it survive a power cut. Bad input raises a typed error with nothing written.
+The active segment's file runs ahead of its data: up to ``segment.RESERVE_AHEAD_BYTES`` of
+fallocated zeros (all of ``segment_bytes`` with ``log.preallocate``), given back at a roll or a
+close and cut by recovery after a crash; reads stop at the data.
 Not thread-safe: one worker calls everything here. Other processes read via ``reader.LogReader``.
 """
 
@@ -153,6 +156,7 @@ class Log:
             base_offset,
             index_interval_bytes=config.index_interval_bytes,
             index_max_entries=max(1, config.segment_index_bytes // 8),
+            reserve_limit_bytes=config.segment_bytes,
         )
 
     def close(self, clean: bool = True) -> None:
@@ -162,11 +166,22 @@ class Log:
         if clean:
             self._segments[-1].seal()  # trims a preallocated tail, so a clean open trusts sizes
             self.flush()
+        elif not self.config.preallocate:
+            self._give_back_reserve()
         for segment in self._segments:
             segment.close()
         self._closed = True
         if clean:
             write_atomic(self.directory / CLEAN_SHUTDOWN_FILE, b"")
+
+    def _give_back_reserve(self) -> None:
+        """Cut the active segment's append reserve (segment.RESERVE_AHEAD_BYTES) at an unclean
+        close too: it is this process's write-speed detail, not data, and no one else should see it.
+        (log.preallocate's full length stays until a seal, as in Kafka; recovery cuts either.)"""
+        try:
+            self._segments[-1].trim()
+        except OSError:
+            pass  # closing after an I/O error: recovery cuts the zero tail at the next open
 
     # ---- offsets -------------------------------------------------------------------------------
     @property

@@ -10,7 +10,8 @@ Why it cannot crash (SIGBUS) or read torn bytes:
   touches the last known segment, so every segment holding offsets below it is known;
 - the reader never looks at a header it does not need: it stops after the batch holding
   ``min(upto_offset, next segment base) - 1`` instead of peeking at the next one, so it never
-  touches a preallocated tail that a roll may have cut from under its mapping;
+  touches the zeros past the data (``log.preallocate``, or the append reserve of segment.py: the
+  active file is usually longer than its data), which a roll may have cut from under its mapping;
 - a segment deleted by retention stays mapped while views into it live (the inode survives), but
   a new read below the first remaining segment gets OffsetOutOfRangeError.
 ``truncate_to`` in the worker (replication) shrinks files: readers must stay below the watermark.

@@ -2,7 +2,7 @@
 
 From the segment holding the recovery point (the log end offset at the last fsync, kept in
 ``recovery-point``) to the end, every batch's length, magic, CRC-32C and offset continuity is
-checked with ``records.scan_valid_prefix``. The first bad or short batch and everything after it is
+checked with ``records.scan_valid_columns``. The first bad or short batch and everything after it is
 cut, later segments are deleted, the indexes of every scanned segment are rebuilt, and the
 directory is fsynced. Segments below the recovery point were fsynced, so they only get the
 cheap sanity check of a clean open (and a full scan if that fails).
@@ -88,16 +88,17 @@ def recover_segment(segment: Segment, *, max_batch_bytes: int) -> int:
     """Scan the whole ``.log``, keep the valid prefix, rebuild both indexes. Return bytes cut."""
     file_bytes = os.fstat(segment.fd).st_size
     if file_bytes == 0:
-        segment.rebuild_indexes([])
+        segment.rebuild_indexes(records.ValidPrefix(0, [], [], [], None))
         return 0
     with mmap.mmap(segment.fd, file_bytes, prot=mmap.PROT_READ) as mapped:
         mapped.madvise(mmap.MADV_SEQUENTIAL)
         with memoryview(mapped) as view:  # released before the mmap closes
-            valid_end, found = records.scan_valid_prefix(
+            scanned = records.scan_valid_columns(
                 view, max_batch_bytes=max_batch_bytes, expect_offset=segment.base_offset
             )
+        valid_end = scanned.end
         cut = nonzero_extent(mapped, valid_end, file_bytes, fd=segment.fd)
-    segment.rebuild_indexes(found)
+    segment.rebuild_indexes(scanned)
     if file_bytes != valid_end:
         segment.truncate_at(valid_end, segment.next_offset)
     return cut

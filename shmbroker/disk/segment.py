@@ -4,9 +4,15 @@
     00000000000000001234.index      (relative offset, position) every ~index_interval_bytes
     00000000000000001234.timeindex  (largest timestamp so far, relative offset), same rhythm
 
-``size_bytes`` is the logical end: with ``log.preallocate`` the file is longer (zero-filled up to
-``segment_bytes``) until ``seal()`` or ``close()`` cuts it back. Writes are ``pwritev`` at
-``size_bytes``, so a failed or partial write is simply overwritten by the next one.
+``size_bytes`` is the logical end; the file is often longer and zero-filled past it. With
+``log.preallocate`` it is ``segment_bytes`` long from the start (Kafka's preallocation). Without it,
+appends still reserve disk ahead of themselves, ``RESERVE_AHEAD_BYTES`` at a time and never past
+``segment_bytes`` (``reserve_limit_bytes``), because writing into already allocated blocks is what
+brings an append up to the speed of a plain ``os.write``. ``seal()`` (at a roll or a clean close)
+and ``trim()`` cut the file back to ``size_bytes``; after a crash recovery cuts the zero tail.
+Nothing reads past ``size_bytes`` here, and other processes read only below the high watermark.
+Writes are ``pwritev`` at ``size_bytes``, so a failed or partial write is simply overwritten by
+the next one.
 Reads batch headers only, never inside batches. One partition worker owns it; not thread-safe.
 """
 
@@ -34,6 +40,14 @@ MAX_RELATIVE_OFFSET = 2**32 - 1  # index entries hold offsets relative to the ba
 # call takes ~1 ms per GiB (the trim at roll ~15 ms). "ftruncate" stays for file systems that
 # cannot fallocate (glibc would write zeros instead).
 PREALLOCATE_WITH = "fallocate"
+# How far appends fallocate ahead of the write position when log.preallocate is off. Most of what
+# separated an append from a plain os.write was ext4 allocating blocks write by write (the other
+# part is the CRC-32C check); a posix_fallocate'd range removes that, as whole-segment
+# preallocation does, but reserves only this much beyond the data instead of segment_bytes per
+# partition. 32 MiB is one fallocate per 32 MiB appended (~30 us) and at most 32 MiB of zeros per
+# active segment, given back at the roll or a close. perf/bench_disk.py has the numbers (it sets
+# this to 0, which turns the reserve off, for the comparison).
+RESERVE_AHEAD_BYTES = 32 << 20
 
 
 def pwritev_all(fd: int, views: Sequence[memoryview], position: int) -> None:
@@ -58,8 +72,16 @@ class Segment:
     """The files of one segment and what the owner knows about them: sizes, offsets, timestamps."""
 
     def __init__(
-        self, directory: Path, base_offset: int, *, index_interval_bytes: int, index_max_entries: int
+        self,
+        directory: Path,
+        base_offset: int,
+        *,
+        index_interval_bytes: int,
+        index_max_entries: int,
+        reserve_limit_bytes: int = 0,
     ) -> None:
+        """``reserve_limit_bytes``: appends fallocate ahead (RESERVE_AHEAD_BYTES) up to this file
+        length, normally ``segment_bytes``; 0 turns the reserve off."""
         self.base_offset = self.next_offset = base_offset
         self.path = directory / segment_name(base_offset, LOG_SUFFIX)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -75,6 +97,7 @@ class Segment:
         self.first_timestamp_ms: int | None = None  # of the first batch: when roll.ms counts from
         self._index_interval_bytes = index_interval_bytes
         self._bytes_since_index_entry = 0
+        self._reserve_limit_bytes = reserve_limit_bytes
 
     @property
     def fd(self) -> int:
@@ -111,8 +134,8 @@ class Segment:
         self._bytes_since_index_entry = self.size_bytes - position
         return True
 
-    def rebuild_indexes(self, found: list[tuple[int, BatchHeader]]) -> None:
-        """Index a verified run of batches (from ``records.scan_valid_prefix``) from scratch.
+    def rebuild_indexes(self, scanned: records.ValidPrefix) -> None:
+        """Index a verified run of batches (from ``records.scan_valid_columns``) from scratch.
 
         Same entries as appending them one by one (``_index_batch``), built with numpy: recovery
         of small batches spent 40% of its time here when it went entry by entry."""
@@ -121,33 +144,35 @@ class Segment:
         self.size_bytes, self.next_offset = 0, self.base_offset
         self.max_timestamp_ms, self.first_timestamp_ms = -1, None
         self._bytes_since_index_entry = 0
-        if found:
-            indexed, since = [], 0
-            interval = self._index_interval_bytes
-            for k, (_, header) in enumerate(found):  # Kafka's rule, sequential by nature
-                if since > interval:
-                    indexed.append(k)
-                    since = 0
-                since += header.size_bytes
-            positions = np.fromiter((p for p, _ in found), dtype=np.int64, count=len(found))
-            bases = np.fromiter((h.base_offset for _, h in found), dtype=np.int64, count=len(found))
-            running_max = np.maximum.accumulate(
-                np.fromiter((h.max_timestamp_ms for _, h in found), dtype=np.int64, count=len(found))
-            )
-            at = np.asarray(indexed, dtype=np.int64)
+        if scanned.positions:
+            positions = np.array(scanned.positions, dtype=np.int64)
+            bases = np.array(scanned.base_offsets, dtype=np.int64)
+            running_max = np.maximum.accumulate(np.array(scanned.max_timestamps_ms, dtype=np.int64))
+            at = self._indexed_batches(positions)
             self.index.extend(bases[at] - self.base_offset, positions[at])
             stamps, relative = running_max[at], bases[at] - self.base_offset
             grows = np.concatenate([[True], np.diff(stamps) > 0]) if len(at) else np.zeros(0, dtype=bool)
             self.timeindex.extend(stamps[grows], relative[grows])
-            last_position, last = found[-1]
-            self.size_bytes, self.next_offset = last_position + last.size_bytes, last.next_offset
-            self.max_timestamp_ms, self.first_timestamp_ms = (
-                int(running_max[-1]),
-                found[0][1].max_timestamp_ms,
-            )
-            self._bytes_since_index_entry = since
+            assert scanned.next_offset is not None
+            self.size_bytes, self.next_offset = scanned.end, scanned.next_offset
+            self.max_timestamp_ms = int(running_max[-1])
+            self.first_timestamp_ms = scanned.max_timestamps_ms[0]
+            last_indexed = int(positions[at[-1]]) if len(at) else int(positions[0])
+            self._bytes_since_index_entry = scanned.end - last_indexed
         self.index.persist()
         self.timeindex.persist()
+
+    def _indexed_batches(self, positions: np.ndarray) -> np.ndarray:
+        """Which of these contiguous batches ``_index_batch`` would index: Kafka's rule makes batch j
+        an entry when the bytes since the last entry (or the start), ``positions[j] - positions[k]``,
+        exceed index_interval_bytes. ``after[k]`` is the first such j for each k, so only the chain
+        of entries is walked in Python, not every batch."""
+        after = np.searchsorted(positions, positions + self._index_interval_bytes, side="right").tolist()
+        indexed, k, count = [], after[0], len(after)
+        while k < count:
+            indexed.append(k)
+            k = after[k]
+        return np.asarray(indexed, dtype=np.int64)
 
     # ---- writing -------------------------------------------------------------------------------
     def preallocate(self, segment_bytes: int) -> None:
@@ -176,6 +201,9 @@ class Segment:
     def append(self, views: Sequence[memoryview], headers: Sequence[BatchHeader]) -> list[int]:
         """Write whole, checked, stamped batches starting at next_offset; return their positions."""
         start = self.size_bytes
+        end = start + sum(header.size_bytes for header in headers)
+        if end > self.file_bytes and self._reserve_limit_bytes and RESERVE_AHEAD_BYTES:
+            self._reserve(end)
         try:
             pwritev_all(self._fd, views, start)
         except OSError as exc:  # ENOSPC, EIO: nothing counts as written; the next pwritev overwrites
@@ -192,6 +220,17 @@ class Segment:
         self.index.persist()
         self.timeindex.persist()
         return positions
+
+    def _reserve(self, end: int) -> None:
+        """fallocate the file from its end to RESERVE_AHEAD_BYTES past ``end`` (at most the limit)."""
+        target = max(end, min(self._reserve_limit_bytes, end + RESERVE_AHEAD_BYTES))
+        try:
+            os.posix_fallocate(self._fd, self.file_bytes, target - self.file_bytes)
+        except OSError:  # ENOSPC (the write itself may still fit), EINVAL...: only speed is lost
+            self._reserve_limit_bytes = 0
+            self.file_bytes = os.fstat(self._fd).st_size  # a failed fallocate may have grown it
+            return
+        self.file_bytes = target
 
     def _index_batch(self, position: int, header: BatchHeader) -> None:
         """Kafka's rule: an entry when more than index_interval_bytes went by since the last one."""
@@ -224,7 +263,7 @@ class Segment:
         self.timeindex.persist()
 
     def trim(self) -> None:
-        """Give back the preallocated tail beyond the data."""
+        """Give back the preallocated or reserved tail beyond the data."""
         if self.file_bytes > self.size_bytes:
             os.ftruncate(self._fd, self.size_bytes)
             self.file_bytes = self.size_bytes

@@ -156,9 +156,8 @@ def _sticky(
     eligible_topics = {
         m: {t for t in members[m].topics if partitions_per_topic.get(t, 0) > 0} for m in ordered
     }
-    partitions = {
-        (t, p) for topics in eligible_topics.values() for t in topics for p in range(partitions_per_topic[t])
-    }
+    subscribed = set().union(*eligible_topics.values())
+    partitions = {(t, p) for t in subscribed for p in range(partitions_per_topic[t])}
     kept = _valid_owned(members, partitions)
     if not ordered:
         return {}

@@ -110,6 +110,14 @@ class GroupDescription:
 
 
 @dataclass(frozen=True)
+class CoordinatorStatistics:
+    groups: int
+    members: int
+    pending_member_ids: int
+    offsets: int
+
+
+@dataclass(frozen=True)
 class GroupListing:
     group_id: str
     state: GroupState
@@ -151,7 +159,7 @@ class RebalanceCompleted:
 Event = JoinCompleted | JoinFailed | MemberRemoved | RebalanceCompleted
 
 
-def _int(value: object, name: str) -> int:
+def check_int(value: object, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):  # True is an int in Python
         raise InvalidRequestError(f"{name} is {type(value).__name__}; expected int")
     return value
@@ -205,14 +213,14 @@ def check_join(
 ) -> tuple[Protocol, ...]:
     """Check a JoinGroup's fields; return its known protocols in the member's preference order."""
     _str(client_id, "client_id", config.max_id_chars)
-    _int(now_ms, "now_ms")
-    session = _int(session_timeout_ms, "session_timeout_ms")
+    check_int(now_ms, "now_ms")
+    session = check_int(session_timeout_ms, "session_timeout_ms")
     if not config.min_session_timeout_ms <= session <= config.max_session_timeout_ms:
         raise InvalidSessionTimeoutError(
             f"session.timeout.ms={session}; the broker allows {config.min_session_timeout_ms}"
             f"-{config.max_session_timeout_ms}"
         )
-    rebalance = _int(rebalance_timeout_ms, "rebalance_timeout_ms")
+    rebalance = check_int(rebalance_timeout_ms, "rebalance_timeout_ms")
     if not 0 < rebalance <= config.max_rebalance_timeout_ms:
         raise InvalidSessionTimeoutError(
             f"max.poll.interval.ms={rebalance}; the broker allows 1-{config.max_rebalance_timeout_ms}"
@@ -263,7 +271,7 @@ def check_partitions(partitions: Iterable[Any]) -> list[TopicPartition]:
     for tp in partitions:
         if not isinstance(tp, list | tuple) or len(tp) != 2:
             raise InvalidRequestError(f"partition {repr(tp)[:80]}: expected (topic, partition)")
-        partition = _int(tp[1], "partition")
+        partition = check_int(tp[1], "partition")
         if partition < 0:
             raise InvalidRequestError(f"partition {partition} is negative")
         out.append((check_topic_name(tp[0]), partition))
@@ -286,7 +294,7 @@ def check_offsets(
         if topics is not None and not 0 <= tp[1] < topics.get(tp[0], 0):
             raise UnknownTopicOrPartitionError(f"no partition {tp[0]}-{tp[1]} on this broker")
         offset, metadata = value if isinstance(value, list | tuple) and len(value) == 2 else (value, "")
-        offset = _int(offset, "offset")
+        offset = check_int(offset, "offset")
         if not 0 <= offset <= MAX_OFFSET:
             raise InvalidRequestError(f"offset {offset} of {tp[0]}-{tp[1]} outside 0..2**63-1")
         metadata = "" if metadata is None else metadata

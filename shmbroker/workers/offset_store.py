@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import crc32c
 
@@ -121,6 +122,12 @@ def scan(data: bytes) -> tuple[Offsets, int, int]:
     return offsets, position, entries_seen
 
 
+def _stored(value: tuple[Any, ...], commit_ms: int) -> StoredOffset:
+    if len(value) == 3:
+        return StoredOffset(int(value[0]), str(value[1]), int(value[2]))
+    return StoredOffset(int(value[0]), str(value[1]), commit_ms)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -176,11 +183,16 @@ class OffsetStore:
         """Append a tombstone: the group's offsets are gone once this returns."""
         self._append(encode_record(KIND_TOMBSTONE, group, {}))
 
-    def compact(self, live: Offsets) -> None:
-        """Rewrite the file to hold exactly ``live`` (the coordinator's current table), crash-safely."""
+    def compact(
+        self, live: Mapping[str, Mapping[TopicPartition, tuple[Any, ...]]], *, commit_ms: int = 0
+    ) -> None:
+        """Rewrite the file to hold exactly ``live``, crash-safely. ``live`` is the coordinator's
+        table (``GroupCoordinatorState.all_offsets()``: (offset, metadata) values, stamped with
+        ``commit_ms``) or a ``load()`` result."""
         self._check_open()
+        table = {group: {tp: _stored(v, commit_ms) for tp, v in e.items()} for group, e in live.items()}
         self.close()
-        self._rewrite(live)
+        self._rewrite(table)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
 
     def close(self) -> None:

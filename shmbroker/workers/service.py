@@ -47,6 +47,7 @@ from shmbroker.workers.topics import check_topic_name
 log = logging.getLogger(__name__)
 
 POLL_MS = 50
+TOPIC_READY_TIMEOUT_S = 10.0
 ROUTER_BACKLOG_BYTES = 256 << 20  # remote batches waiting for room in a router lane, all partitions
 FETCH_MAX_BYTES = 50 << 20
 PARTITION_FETCH_MAX_BYTES = 1 << 20
@@ -152,6 +153,12 @@ class BrokerService:
     def _create_topic(self, name: str, partitions: int, config: dict[str, Any]) -> Any:
         spec = self.supervisor.topics.create(name, partitions, config, self.config.log)
         self.supervisor.start_topic(spec)
+        # Answer once the partitions take writes (directories exist, offsets published), so a client
+        # can use the topic as soon as create_topics returns. Bounded: a worker that does not come
+        # up is the supervisor's to restart, and clients retry.
+        deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
+        while time.monotonic() < deadline and not self.supervisor.all_ready(spec.name):
+            time.sleep(0.001)
         return spec
 
     def _on_create_topics(self, identity: bytes, request: Message) -> list[Any]:

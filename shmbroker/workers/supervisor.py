@@ -198,8 +198,12 @@ class Supervisor:
         slot.control.close()
         slot.control.unlink()
 
-    def all_ready(self) -> bool:
-        return all(s.failed or s.reader().read().state == WorkerState.READY for s in self.slots.values())
+    def all_ready(self, topic: str | None = None) -> bool:
+        return all(
+            s.failed or s.reader().read().state == WorkerState.READY
+            for s in self.slots.values()
+            if topic is None or s.topic == topic
+        )
 
     def watch(self, now: float) -> None:
         """Restart crashed workers with backoff; give up on a crash loop; reclaim dead producers' lanes."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from shmbroker.config import LogConfig
+from shmbroker.disk import segment as segment_module
 from shmbroker.disk.files import CLEAN_SHUTDOWN_FILE
 from shmbroker.disk.log import Log
 from shmbroker.errors import ClosedError, OffsetOutOfRangeError
@@ -223,3 +225,45 @@ def test_truncate_to_the_start_then_append_survives_reopen(log_dir: Path) -> Non
     assert log.log_end_offset == 1
     assert b"b" in (read_bytes(log, 0, 100) or b"")
     log.close()
+
+
+def test_appends_reserve_a_bounded_run_ahead_never_past_segment_bytes(
+    log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segment_module, "RESERVE_AHEAD_BYTES", 3000)
+    config = small_config(segment_bytes=8192)
+    rng, model = random.Random(5), MemoryLog()
+    log = Log.open(log_dir, config, now_ms=0)
+    for _ in range(60):
+        batch = random_batch(rng)
+        log.append(batch, now_ms=0)
+        model.append(batch)
+        active = log.segments[-1][1]
+        data_bytes = log.statistics().active_segment_bytes
+        assert data_bytes <= active.stat().st_size <= max(data_bytes, min(8192, data_bytes + 3000))
+        for sealed in [path for _, path in log.segments[:-1]]:  # a roll gave the reserve back
+            assert sealed.stat().st_size <= 8192
+    check_against_model(log, model, rng)  # reads never see the zeros past the data
+    log.close(clean=False)  # an unclean close gives the reserve back too (preallocate keeps its length)
+    assert sum(path.stat().st_size for _, path in log.segments) == len(b"".join(model.batches))
+    log = Log.open(log_dir, config, now_ms=0)
+    assert log.statistics().bytes_cut_at_open == 0
+    check_against_model(log, model, rng)
+    log.close()
+
+
+def test_a_failed_reserve_only_costs_speed(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_space(fd: int, offset: int, length: int) -> None:
+        os.ftruncate(fd, offset + 100)  # as a fallocate that ran out of space part way may leave it
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    log = Log.open(log_dir, small_config(segment_bytes=1 << 20), now_ms=0)
+    model = MemoryLog()
+    for i in range(5):
+        batch = make_batch([b"v" * (10 * i)])
+        log.append(batch, now_ms=0)
+        model.append(batch)
+    assert read_bytes(log, 0, 1 << 20) == b"".join(model.batches)
+    log.close()
+    assert (log_dir / "00000000000000000000.log").read_bytes() == b"".join(model.batches)

@@ -78,3 +78,25 @@ def test_reader_of_an_empty_or_missing_log(tmp_path: Path) -> None:
     assert got is not None
     assert len(got) == len(make_batch([b"x"]))
     log.close()
+
+
+def test_reader_stops_at_the_data_not_at_the_reserved_zeros(log_dir: Path) -> None:
+    log = Log.open(log_dir, small_config(segment_bytes=1 << 20), now_ms=0)
+    rng = random.Random(9)
+    for _ in range(25):
+        log.append(random_batch(rng), now_ms=0)
+    end = log.log_end_offset
+    path = log.segments[-1][1]
+    assert path.stat().st_size > log.statistics().size_bytes  # zeros reserved past the data
+    reader = LogReader(log_dir)
+    for offset in range(end):
+        got = reader.read(offset, 1 << 30, upto_offset=end)
+        assert got is not None
+        assert bytes(got) == read_bytes(log, offset, 1 << 30)
+    assert reader.read(end, 1 << 30, upto_offset=end) is None
+    assert log.read(end, 1 << 30) is None
+    whole = reader.read(0, 1 << 30, upto_offset=end)
+    assert whole is not None
+    assert len(whole) == log.statistics().size_bytes
+    log.close()
+    reader.close()

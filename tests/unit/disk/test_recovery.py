@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import struct
 from pathlib import Path
 
 import pytest
 
+from shmbroker import records
 from shmbroker.disk import dumplog
 from shmbroker.disk.files import CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE
 from shmbroker.disk.log import Log
 from shmbroker.disk.recovery import recover_segment
 from shmbroker.disk.segment import Segment
+from shmbroker.errors import CorruptRecordError, RecordTooLargeError
 from shmbroker.records import iter_batches
 from tests.unit.disk.conftest import MemoryLog, make_batch, random_batch, read_bytes, small_config
 
@@ -220,3 +224,107 @@ def test_recovery_keeps_batches_above_a_lowered_max_message_bytes(log_dir: Path)
     log = Log.open(log_dir, small_config(segment_bytes=1 << 20, max_message_bytes=1000), now_ms=0)
     assert log.log_end_offset == 1
     log.close()
+
+
+@pytest.mark.parametrize("torn_bytes", [0, 1, 40, -2], ids=["none", "1B", "40B", "all-but-2B"])
+def test_crash_inside_the_append_reserve_keeps_every_batch(log_dir: Path, torn_bytes: int) -> None:
+    """A crash leaves the reserve's zeros after the data, maybe with a torn batch at their start."""
+    config = small_config(segment_bytes=1 << 20)
+    rng, model = random.Random(3), MemoryLog()
+    log = Log.open(log_dir, config, now_ms=0)
+    for _ in range(20):
+        batch = random_batch(rng)
+        log.append(batch, now_ms=0)
+        model.append(batch)
+    name, data_bytes = "00000000000000000000.log", log.statistics().size_bytes
+    assert (log_dir / name).stat().st_size == 1 << 20 > data_bytes  # reserved ahead, up to segment_bytes
+    crashed = log_dir.parent / "crashed"
+    shutil.copytree(log_dir, crashed)  # what a SIGKILL now would leave: this log is never closed
+    log.close()
+    torn = make_batch([b"t" * 100])
+    torn[0:8] = model.log_end_offset.to_bytes(8, "big")
+    torn = torn[:torn_bytes]  # not -1: the last byte is 0 (no headers), which the zeros would supply
+    with (crashed / name).open("r+b") as f:
+        f.seek(data_bytes)
+        f.write(torn)
+    recovered = Log.open(crashed, config, now_ms=0)
+    assert recovered.log_end_offset == model.log_end_offset
+    assert all_bytes(recovered) == b"".join(model.batches)
+    assert recovered.statistics().bytes_cut_at_open == len(torn.rstrip(b"\0"))  # zeros are not data
+    assert (crashed / name).stat().st_size == data_bytes
+    assert recovered.append(make_batch([b"after"]), now_ms=0).base_offset == model.log_end_offset
+    recovered.close()
+
+
+def _reference_scan(buf: bytes, *, max_batch_bytes: int, expect_offset: int | None) -> records.ValidPrefix:
+    """The scan as written before scan_valid_columns inlined it: check_header on a BatchHeader."""
+    position, positions, bases, stamps, next_offset = 0, [], [], [], None
+    while len(buf) - position >= records.HEADER_BYTES:
+        header = records.parse_batch_header(buf, position)
+        try:
+            records.check_header(header, max_batch_bytes=max_batch_bytes)
+        except (CorruptRecordError, RecordTooLargeError):
+            break
+        batch_end = position + header.size_bytes
+        if (
+            batch_end > len(buf)
+            or records.crc32c(buf[position + records.CRC_START : batch_end]) != header.crc
+        ):
+            break
+        if expect_offset is not None:
+            if header.base_offset != expect_offset:
+                break
+            expect_offset = header.next_offset
+        positions.append(position)
+        bases.append(header.base_offset)
+        stamps.append(header.max_timestamp_ms)
+        next_offset = header.next_offset
+        position = batch_end
+    return records.ValidPrefix(position, positions, bases, stamps, next_offset)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_scan_valid_columns_agrees_with_check_header(seed: int) -> None:
+    """Damage header fields (re-signing the CRC half the time, so the header checks are what fail),
+    flip bytes or cut the tail; the lean recovery scan must stop exactly where check_header does."""
+    rng, model = random.Random(seed), MemoryLog()
+    for _ in range(rng.randint(1, 12)):
+        model.append(random_batch(rng, max_records=rng.choice([1, 5, 40])))
+    buf = bytearray(b"".join(model.batches) + bytes(rng.choice([0, 7, 100])))
+    victim = rng.randrange(len(model.batches))
+    at = sum(len(b) for b in model.batches[:victim])
+    field, value = rng.choice(
+        [
+            (0, rng.choice([-1, 5, 10**6])),  # base_offset
+            (8, rng.choice([-5, 0, 48, 49, 10**6])),  # batch_length
+            (16, rng.choice([0, 1, 3])),  # magic
+            (21, rng.choice([0, 1, 5, 7])),  # attributes (codec)
+            (23, rng.choice([-1, 10**4])),  # last_offset_delta
+            (57, rng.choice([-1, 0, 10**5])),  # records_count
+        ]
+    )
+    fmt = {0: ">q", 8: ">i", 16: ">b", 21: ">h", 23: ">i", 57: ">i"}[field]
+    damage = rng.choice(["field", "flip", "cut", "none"])
+    if damage == "field":
+        struct.pack_into(fmt, buf, at + field, value)
+        if rng.random() < 0.5 and field >= records.CRC_START:
+            end = at + len(model.batches[victim])
+            struct.pack_into(
+                ">I", buf, at + records.CRC_OFFSET, records.crc32c(buf[at + records.CRC_START : end])
+            )
+    elif damage == "flip":
+        buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+    elif damage == "cut":
+        del buf[rng.randrange(len(buf)) :]
+    data = bytes(buf)
+    for expect_offset in (None, 0, 1):
+        for max_batch_bytes in (2**31 - 1, 300):
+            want = _reference_scan(data, max_batch_bytes=max_batch_bytes, expect_offset=expect_offset)
+            got = records.scan_valid_columns(
+                data, max_batch_bytes=max_batch_bytes, expect_offset=expect_offset
+            )
+            assert got == want, (damage, field, value, expect_offset, max_batch_bytes)
+            end, found = records.scan_valid_prefix(
+                data, max_batch_bytes=max_batch_bytes, expect_offset=expect_offset
+            )
+            assert (end, [p for p, _ in found]) == (want.end, want.positions)

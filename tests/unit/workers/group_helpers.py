@@ -35,11 +35,21 @@ def join(
     client: str = "cli",
 ) -> JoinResult | Pending:
     return state.join(
-        group, member_id, instance, client, SESSION_MS, REBALANCE_MS, "consumer", [(strategy, list(topics))], now_ms
+        group,
+        member_id,
+        instance,
+        client,
+        SESSION_MS,
+        REBALANCE_MS,
+        "consumer",
+        [(strategy, list(topics))],
+        now_ms,
     )
 
 
-def new_member(state: GroupCoordinatorState, group: str, now_ms: int, **kw: Any) -> tuple[str, JoinResult | Pending]:
+def new_member(
+    state: GroupCoordinatorState, group: str, now_ms: int, **kw: Any
+) -> tuple[str, JoinResult | Pending]:
     """The KIP-394 dance: an empty member id gets MEMBER_ID_REQUIRED, then joins with the id given."""
     if kw.get("instance") is not None:
         result = join(state, group, "", now_ms, **kw)
@@ -73,7 +83,9 @@ def settle(
     for _ in range(rounds):
         results = rebalance(state, group, members, now_ms)
         assert set(results) == set(members), "the round did not complete"
-        assignment = {m: list(state.sync(group, m, r.generation_id, now_ms).assignment) for m, r in results.items()}
+        assignment = {
+            m: list(state.sync(group, m, r.generation_id, now_ms).assignment) for m, r in results.items()
+        }
         generation = next(iter(results.values())).generation_id
         try:
             for m in members:

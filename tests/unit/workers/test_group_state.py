@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from shmbroker.workers.group_errors import (
@@ -38,7 +40,9 @@ def test_first_join_requires_a_member_id_then_forms_generation_one() -> None:
 @pytest.mark.parametrize("strategy", ["range", "roundrobin", "cooperative-sticky"])
 def test_three_members_on_six_partitions_get_two_each(strategy: str) -> None:
     state = new_state()
-    members = {new_member(state, "g", 0, strategy=strategy)[0]: {"strategy": strategy} for _ in range(3)}
+    members: dict[str, dict[str, Any]] = {
+        new_member(state, "g", 0, strategy=strategy)[0]: {"strategy": strategy} for _ in range(3)
+    }
     assignment = settle(state, "g", members, 0)
     assert sorted(len(v) for v in assignment.values()) == [2, 2, 2]
     assert sorted(tp for v in assignment.values() for tp in v) == [("t", p) for p in range(6)]
@@ -55,7 +59,8 @@ def test_a_second_member_waits_until_the_first_rejoins() -> None:
     with pytest.raises(RebalanceInProgressError):
         state.sync("g", a, 1, 10)
     result = join(state, "g", a, 20)
-    assert isinstance(result, JoinResult) and result.generation_id == 2
+    assert isinstance(result, JoinResult)
+    assert result.generation_id == 2
     events = state.tick(20)
     assert [e.member_id for e in events if isinstance(e, JoinCompleted)] == [b]
 
@@ -63,7 +68,7 @@ def test_a_second_member_waits_until_the_first_rejoins() -> None:
 @pytest.mark.parametrize("how", ["leave", "expire"])
 def test_a_member_leaving_or_expiring_moves_its_partitions(how: str) -> None:
     state = new_state()
-    members = {new_member(state, "g", 0)[0]: {} for _ in range(3)}
+    members: dict[str, dict[str, Any]] = {new_member(state, "g", 0)[0]: {} for _ in range(3)}
     before = settle(state, "g", members, 0)
     gone, *rest = sorted(members)
     generation = state.describe("g").generation_id
@@ -104,7 +109,8 @@ def test_initial_rebalance_delay_gathers_a_starting_fleet_into_one_generation() 
     assert state.tick(4_999) == []
     events = state.tick(5_000)
     results = {e.member_id: e.result for e in events if isinstance(e, JoinCompleted)}
-    assert set(results) == set(ids) and {r.generation_id for r in results.values()} == {1}
+    assert set(results) == set(ids)
+    assert {r.generation_id for r in results.values()} == {1}
 
 
 def test_static_member_restart_keeps_its_assignment_without_a_rebalance() -> None:
@@ -115,7 +121,8 @@ def test_static_member_restart_keeps_its_assignment_without_a_rebalance() -> Non
     generation = state.describe("g").generation_id
     restarted = join(state, "g", "", 5_000, instance="pod-a")  # new process, same instance id
     assert isinstance(restarted, JoinResult)
-    assert restarted.generation_id == generation and restarted.member_id != a
+    assert restarted.generation_id == generation
+    assert restarted.member_id != a
     assert state.sync("g", restarted.member_id, generation, 5_000).assignment == tuple(before[a])
     state.heartbeat("g", b, generation, 5_000)  # no rebalance for the others
     assert state.describe("g").state is GroupState.STABLE
@@ -129,15 +136,16 @@ def test_static_member_restart_keeps_its_assignment_without_a_rebalance() -> Non
 
 def test_static_member_with_a_new_subscription_rebalances() -> None:
     state = new_state()
-    a, _ = new_member(state, "g", 0, instance="pod-a")
+    _a, _ = new_member(state, "g", 0, instance="pod-a")
     result = join(state, "g", "", 100, instance="pod-a", topics=("t", "u"))
-    assert isinstance(result, JoinResult) and result.generation_id == 2
+    assert isinstance(result, JoinResult)
+    assert result.generation_id == 2
     assert len(state.sync("g", result.member_id, 2, 100).assignment) == 9
 
 
 def test_static_member_leaves_by_instance_id() -> None:
     state = new_state()
-    a, _ = new_member(state, "g", 0, instance="pod-a")
+    _a, _ = new_member(state, "g", 0, instance="pod-a")
     with pytest.raises(FencedInstanceIdError):
         state.leave("g", "someone-else", 10, group_instance_id="pod-a")
     state.leave("g", "", 10, group_instance_id="pod-a")
@@ -146,7 +154,7 @@ def test_static_member_leaves_by_instance_id() -> None:
 
 def test_cooperative_never_gives_a_partition_to_two_members() -> None:
     state = new_state()
-    coop = {"strategy": "cooperative-sticky"}
+    coop: dict[str, Any] = {"strategy": "cooperative-sticky"}
     a, _ = new_member(state, "g", 0, **coop)
     assert len(state.sync("g", a, 1, 0).assignment) == 6
     b, pending = new_member(state, "g", 10, **coop)
@@ -155,11 +163,13 @@ def test_cooperative_never_gives_a_partition_to_two_members() -> None:
     state.tick(20)
     step_a = state.sync("g", a, 2, 20).assignment
     step_b = state.sync("g", b, 2, 20).assignment
-    assert len(step_a) == 3 and step_b == ()  # b waits until a has revoked
+    assert len(step_a) == 3
+    assert step_b == ()
     with pytest.raises(RebalanceInProgressError):  # all synced: the follow-up round starts
         state.heartbeat("g", b, 2, 30)
     final = settle(state, "g", {a: coop, b: coop}, 40)
-    assert final[a] == list(step_a) and len(final[b]) == 3
+    assert final[a] == list(step_a)
+    assert len(final[b]) == 3
     assert not set(final[a]) & set(final[b])
 
 
@@ -182,7 +192,8 @@ def test_a_retried_join_in_a_stable_group_does_not_rebalance() -> None:
     state = new_state()
     a, first = new_member(state, "g", 0)
     again = join(state, "g", a, 50)
-    assert again == first and state.describe("g").state is GroupState.STABLE
+    assert again == first
+    assert state.describe("g").state is GroupState.STABLE
 
 
 def test_topic_growth_rebalances_stable_groups() -> None:
@@ -200,9 +211,15 @@ def test_describe_and_list_groups() -> None:
     b, _ = new_member(state, "g", 0, client="app-2", instance="pod-b")
     assignment = settle(state, "g", {a: {"client": "app-1"}, b: {"client": "app-2", "instance": "pod-b"}}, 0)
     d = state.describe("g")
-    assert (d.state, d.protocol_type, d.protocol_name, d.generation_id) == (GroupState.STABLE, "consumer", "range", 2)
+    assert (d.state, d.protocol_type, d.protocol_name, d.generation_id) == (
+        GroupState.STABLE,
+        "consumer",
+        "range",
+        2,
+    )
     rows = {m.member_id: m for m in d.members}
-    assert rows[b].group_instance_id == "pod-b" and rows[a].client_id == "app-1"
+    assert rows[b].group_instance_id == "pod-b"
+    assert rows[a].client_id == "app-1"
     assert {m: list(rows[m].assignment) for m in rows} == assignment
     assert rows[a].topics == ("t",)
     assert [(g.group_id, g.state) for g in state.list_groups()] == [("g", GroupState.STABLE)]
@@ -211,9 +228,10 @@ def test_describe_and_list_groups() -> None:
 
 def test_a_join_waiting_when_its_member_leaves_is_answered_with_an_error() -> None:
     state = new_state()
-    a, _ = new_member(state, "g", 0)
+    _a, _ = new_member(state, "g", 0)
     b, _ = new_member(state, "g", 0)  # b waits for a
     state.leave("g", b, 5)
     events = state.tick(5)
     failed = [e for e in events if isinstance(e, JoinFailed)]
-    assert [e.member_id for e in failed] == [b] and isinstance(failed[0].error, UnknownMemberIdError)
+    assert [e.member_id for e in failed] == [b]
+    assert isinstance(failed[0].error, UnknownMemberIdError)

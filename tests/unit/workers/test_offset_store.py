@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from shmbroker.errors import ClosedError, CorruptRecordError, KafkaStorageError
-from shmbroker.workers import offset_store
 from shmbroker.workers.offset_store import MAGIC, OffsetStore, StoredOffset
 
 Model = dict[str, dict[tuple[str, int], tuple[int, str]]]
@@ -27,10 +26,14 @@ def plain(loaded: dict[str, dict[tuple[str, int], StoredOffset]]) -> Model:
 def write_commits(path: Path, count: int, seed: int = 0) -> tuple[list[int], list[Model]]:
     """``count`` commits; the file size after each, and the model after each (index 0 = empty)."""
     rng = random.Random(seed)
-    store, model, sizes, models = OffsetStore(path), {}, [], [{}]
+    store, sizes = OffsetStore(path), []
+    model: Model = {}
+    models: list[Model] = [{}]
     for i in range(count):
         group = f"g{rng.randrange(3)}"
-        commit = {(f"t{rng.randrange(2)}", rng.randrange(4)): (rng.randrange(10**6), f"m{i}é" * rng.randrange(3))}
+        commit = {
+            (f"t{rng.randrange(2)}", rng.randrange(4)): (rng.randrange(10**6), f"m{i}é" * rng.randrange(3))
+        }
         store.commit(group, commit, commit_ms=i)
         model.setdefault(group, {}).update(commit)
         sizes.append(path.stat().st_size)
@@ -64,7 +67,8 @@ def test_torn_tail_at_every_byte_of_the_last_record(tmp_path: Path) -> None:
         path.write_bytes(whole[:cut])
         store = OffsetStore(path)
         assert plain(store.load()) == models[-2], cut
-        assert path.stat().st_size == sizes[-2] and store.bytes_cut == cut - sizes[-2]
+        assert path.stat().st_size == sizes[-2]
+        assert store.bytes_cut == cut - sizes[-2]
         store.commit("z", {("t", 0): (1, "")})  # appends land after the cut, and survive
         store.close()
         assert plain(OffsetStore(path).load()) == {**models[-2], "z": {("t", 0): (1, "")}}
@@ -125,13 +129,15 @@ def test_compact_rewrites_to_the_given_table(tmp_path: Path) -> None:
     assert plain(OffsetStore(path).load()) == {"g": {("t", 0): (49, "")}, "h": {("t", 1): (3, "")}}
 
 
-def test_a_failed_write_raises_storage_error_and_closes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_raises_storage_error_and_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = OffsetStore(tmp_path / "offsets.log")
 
     def full(fd: int, data: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(offset_store.os, "write", full)
+    monkeypatch.setattr(os, "write", full)
     with pytest.raises(KafkaStorageError, match="No space"):
         store.commit("g", {("t", 0): (1, "")})
     with pytest.raises(ClosedError):
