@@ -197,16 +197,27 @@ class Consumer:
         """Append the records of ``view`` at or above the position as Messages, a batch at a time."""
         topic, partition, position = part.topic, part.partition, part.position
         extend = self._ready.extend
-        for batch in records.iter_columnar(view, max_uncompressed_bytes=self._max_uncompressed):
-            header = batch.header
+        limit = self._max_uncompressed
+        for start, header in records.iter_batches(view):
             if header.next_offset <= position:
                 continue
-            first = 0 if header.base_offset >= position else int(np.searchsorted(batch.offsets, position))
+            batch = view[start : start + header.size_bytes]
             kind = TIMESTAMP_LOG_APPEND_TIME if header.attributes & records.TIMESTAMP_TYPE_BIT else TIMESTAMP_CREATE_TIME
-            keys, values = batch.keys(), batch.values()
-            headers: Any = repeat(None)
-            if batch.headers:
-                headers = [list(h) if h else None for h in batch.headers[first:]]
+            if header.records_count < records.SMALL_BATCH_RECORDS:
+                _header, rows = records.decode_rows(batch, max_uncompressed_bytes=limit)
+                extend(
+                    Message((topic, partition, offset, key, value, (kind, ts), list(headers) or None, None))
+                    for offset, ts, key, value, headers in rows
+                    if offset >= position
+                )
+                position = header.next_offset
+                continue
+            columns = records.decode_columnar(batch, max_uncompressed_bytes=limit)
+            first = 0 if header.base_offset >= position else int(np.searchsorted(columns.offsets, position))
+            keys, values = columns.keys(), columns.values()
+            headers_column: Any = repeat(None)
+            if columns.headers:
+                headers_column = [list(h) if h else None for h in columns.headers[first:]]
             if first:
                 keys, values = keys[first:], values[first:]
             # One C-level map per batch: no Python frame per record. The cyclic GC is held off for
@@ -217,8 +228,8 @@ class Consumer:
             gc.disable()
             try:
                 extend(map(Message, zip(
-                repeat(topic), repeat(partition), batch.offsets[first:].tolist(), keys, values,
-                zip(repeat(kind), batch.timestamps_ms[first:].tolist()), headers, repeat(None),
+                    repeat(topic), repeat(partition), columns.offsets[first:].tolist(), keys, values,
+                    zip(repeat(kind), columns.timestamps_ms[first:].tolist()), headers_column, repeat(None),
                 )))
             finally:
                 if gc_was_on:

@@ -48,6 +48,20 @@ class ApiKey(IntEnum):
     STATUS = 7  # processes, offsets, counters
     PRODUCE = 8  # remote produce: batches in data frames
     FETCH = 9  # remote fetch: log bytes in data frames
+    # Consumer groups: relayed by the broker to the group coordinator process (workers/coordinator.py).
+    JOIN_GROUP = 10
+    SYNC_GROUP = 11
+    HEARTBEAT = 12
+    LEAVE_GROUP = 13
+    OFFSET_COMMIT = 14
+    OFFSET_FETCH = 15
+    LIST_GROUPS = 16
+    DESCRIBE_GROUP = 17
+    RESET_OFFSETS = 18
+    DELETE_GROUP = 19
+
+
+GROUP_APIS = frozenset(range(ApiKey.JOIN_GROUP, ApiKey.DELETE_GROUP + 1))
 
 
 @dataclass(frozen=True)

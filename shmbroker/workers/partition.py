@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 ACKS_ALL = -1
 DRAIN_BYTES = 16 << 20  # per lane per turn: bounds one turn's latency and private memory
 DEDUP_WINDOW = 4096  # recent (producer_id, sequence) pairs remembered for a worker restart
-SPIN_TURNS = 200  # empty turns before the worker sleeps on its doorbell
+SPIN_TURNS = 2  # empty turns before sleeping: spinning on 2 shared cores steals the producer's CPU
 SLEEP_S = 0.002  # longest sleep while busy: bounds the cost of a lost wakeup (ring/doorbell.py explains)
 IDLE_SLEEP_S = 0.05  # longest sleep once idle for IDLE_AFTER_S: 16 idle workers then cost ~0 CPU
 IDLE_AFTER_S = 0.2
@@ -330,7 +330,7 @@ def run(spec: WorkerSpec, commands: Connection) -> None:
                 if idle_turns > SPIN_TURNS:
                     # Announce the sleep, look once more, sleep (ring/doorbell.py): a producer rings us.
                     long_idle = time.monotonic() - idle_since > IDLE_AFTER_S
-                    control.wake_flag.sleep(ready, IDLE_SLEEP_S if long_idle else SLEEP_S)
+                    control.wake_flag.sleep(ready, IDLE_SLEEP_S if long_idle else SLEEP_S, spin_s=0.0)
             now = time.monotonic()
             if now >= next_maintenance:
                 worker.maintenance(int(time.time() * 1000))
