@@ -32,13 +32,14 @@ from shmbroker.config import BrokerConfig
 from shmbroker.disk.reader import LogReader
 from shmbroker.errors import (
     BrokerError,
+    CoordinatorNotAvailableError,
     InvalidRequestError,
     InvalidRequiredAcksError,
     RemoteProtocolError,
     UnknownTopicOrPartitionError,
 )
 from shmbroker.net import protocol
-from shmbroker.net.protocol import Message, field_of
+from shmbroker.net.protocol import GROUP_APIS, ApiKey, Message, field_of
 from shmbroker.ring.control import WorkerState
 from shmbroker.ring.lane import LaneProducer
 from shmbroker.workers.supervisor import Supervisor
@@ -89,12 +90,32 @@ class BrokerService:
         self.router_backlog_bytes = 0
         self._sequence = 0
         self._processes: dict[int, psutil.Process] = {}
+        self.relay: zmq.Socket[Any] | None = None
+        self._topics_sent_to = 0
         self._rate_marks: dict[tuple[str, int], tuple[float, int, int]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
+        self.supervisor.start_coordinator()
         for spec in list(self.supervisor.topics.topics.values()):
             self.supervisor.start_topic(spec)
+
+    def send_topics(self) -> None:
+        """Tell the coordinator the topics (assignments and commit checks need partition counts)."""
+        if self.relay is None:
+            return
+        body = {"partitions_per_topic": {n: s.partitions for n, s in self.supervisor.topics.topics.items()}}
+        self.relay.send_multipart([b"", *protocol.encode_request(ApiKey.METADATA, 0, body)])
+
+    def _relay_to_coordinator(self, identity: bytes, request: Message, frames: list[Any]) -> list[Any] | None:
+        if self.relay is None or not self.supervisor.coordinator_alive():
+            raise CoordinatorNotAvailableError("the group coordinator is restarting; retry")
+        # The coordinator may have restarted since we last told it the topics: it is cheap to repeat.
+        if self.supervisor.coordinator_restarts != self._topics_sent_to:
+            self.send_topics()
+            self._topics_sent_to = self.supervisor.coordinator_restarts
+        self.relay.send_multipart([identity, *frames], copy=False)
+        return None
 
     # -- request dispatch ----------------------------------------------------------------------------
     def handle(self, identity: bytes, frames: list[Any]) -> list[Any] | None:
@@ -107,6 +128,8 @@ class BrokerService:
             return None
         self.counters[f"requests.{request.api.name}"] += 1
         try:
+            if request.api in GROUP_APIS:
+                return self._relay_to_coordinator(identity, request, frames)
             handler = getattr(self, f"_on_{request.api.name.lower()}")
             return handler(identity, request)  # type: ignore[no-any-return]
         except BrokerError as exc:
@@ -159,6 +182,7 @@ class BrokerService:
         deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
         while time.monotonic() < deadline and not self.supervisor.all_ready(spec.name):
             time.sleep(0.001)
+        self.send_topics()
         return spec
 
     def _on_create_topics(self, identity: bytes, request: Message) -> list[Any]:
@@ -197,6 +221,7 @@ class BrokerService:
                     for _seq, _acks, batch in self.router_backlog.pop(key, ()):
                         self.router_backlog_bytes -= len(batch)
                 self.supervisor.topics.delete(name)
+                self.send_topics()
                 results.append({"name": name, "error_code": 0})
             except BrokerError as exc:
                 results.append(
@@ -543,6 +568,11 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
     try:
         service.start()  # fork server and workers first: no socket of ours leaks into them
         socket.bind(config.listeners)
+        relay = context.socket(zmq.DEALER)  # to the group coordinator process
+        relay.setsockopt(zmq.LINGER, 0)
+        relay.connect(service.supervisor.coordinator_endpoint)
+        service.relay = relay
+        service.send_topics()
         started = time.monotonic()
         deadline = started + 30
         while not service.supervisor.all_ready() and time.monotonic() < deadline and not stop.is_set():
@@ -557,6 +587,7 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
             ready()
         poller = zmq.Poller()
         poller.register(socket, zmq.POLLIN)
+        poller.register(relay, zmq.POLLIN)
         next_watch = 0.0
         while not stop.is_set():
             busy = bool(service.pending_produce or service.pending_fetches or service.router_backlog_bytes)
@@ -573,6 +604,12 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
                     reply = service.handle(frames[0].bytes, [f.buffer for f in frames[1:]])
                     if reply is not None:
                         socket.send_multipart([frames[0], *reply], copy=False)
+            if relay in events:
+                for _ in range(256):  # coordinator replies: [client identity, header, body, ...]
+                    try:
+                        socket.send_multipart(relay.recv_multipart(zmq.NOBLOCK, copy=False), copy=False)
+                    except zmq.Again:
+                        break
             if service.pending_produce or service.router_backlog_bytes:
                 service.collect_completions(socket)
             if service.pending_fetches:
@@ -586,6 +623,8 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
         return 0
     finally:
         socket.close(0)
+        if service.relay is not None:
+            service.relay.close(0)
         context.term()
         service.shutdown()
         print("shmbroker stopped cleanly", file=sys.stderr, flush=True)

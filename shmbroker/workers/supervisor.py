@@ -19,11 +19,14 @@ import fcntl
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import posix_ipc
@@ -34,7 +37,7 @@ from shmbroker.errors import LockedError
 from shmbroker.ring.block import new_name
 from shmbroker.ring.control import ControlBlock, ControlReader, WorkerState, create_control
 from shmbroker.ring.lane import LaneBlock, create_lane
-from shmbroker.workers import partition
+from shmbroker.workers import coordinator, partition
 from shmbroker.workers.topics import TopicSpec, TopicStore
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,16 @@ class LaneRecord:
     pid_create_time: float
     lane: LaneBlock
     trusted: bool = False
+
+
+@dataclass
+class ChildSlot:
+    """A child process other than a partition worker (the coordinator), under the same restart policy."""
+
+    process: BaseProcess | None = None
+    crashes: list[float] = field(default_factory=list)
+    restart_at: float = 0.0
+    failed: str | None = None
 
 
 @dataclass
@@ -114,9 +127,16 @@ class Supervisor:
         # process would inherit the listener and ZeroMQ's descriptors and could keep the port
         # after the supervisor died. The server preloads the worker's imports, so a fork is warm.
         self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["shmbroker.workers.partition", "shmbroker.workers.supervisor"])
+        self._ctx.set_forkserver_preload(
+            ["shmbroker.workers.partition", "shmbroker.workers.coordinator", "shmbroker.workers.supervisor"]
+        )
         self._next_producer_id = (time.time_ns() >> 20) & 0x3FFFFFFFFFFF  # unique across restarts
         self.started_ms = int(time.time() * 1000)
+        # Private (0700) directory for the internal ipc endpoints: only this user can connect.
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="shmb-run-"))
+        self.coordinator_endpoint = f"ipc://{self.runtime_dir}/coordinator.sock"
+        self.coordinator: ChildSlot | None = None
+        self.coordinator_restarts = 0
 
     # -- data dir lock and shm registry ---------------------------------------------------------
     def _take_lock(self) -> int:
@@ -206,32 +226,56 @@ class Supervisor:
         )
 
     def watch(self, now: float) -> None:
-        """Restart crashed workers with backoff; give up on a crash loop; reclaim dead producers' lanes."""
+        """Restart crashed children with backoff; give up on a crash loop; reclaim dead producers' lanes."""
         for slot in self.slots.values():
-            process = slot.process
-            if slot.failed or process is None:
-                continue
-            if process.exitcode is None:
-                continue
-            if slot.restart_at == 0.0:
-                slot.crashes = [t for t in slot.crashes if now - t < self.config.restart_window_ms / 1000]
-                slot.crashes.append(now)
-                log.error(
-                    "worker %s exited with %s (crash %d)", slot.key, process.exitcode, len(slot.crashes)
-                )
-                if len(slot.crashes) > self.config.max_restarts:
-                    slot.failed = (
-                        f"partition {slot.key} crashed {len(slot.crashes)} times in "
-                        f"{self.config.restart_window_ms} ms; not restarting it (see the log above)"
-                    )
-                    log.error(slot.failed)
-                    continue
-                backoff_ms = min(5000, self.config.restart_backoff_ms * 2 ** (len(slot.crashes) - 1))
-                slot.restart_at = now + backoff_ms / 1000
-            elif now >= slot.restart_at:
-                slot.restart_at = 0.0
+            if self._crashed_and_due(slot, f"partition {slot.key}", now):
                 self._spawn(slot)
+        if self.coordinator is not None and self._crashed_and_due(self.coordinator, "coordinator", now):
+            self._spawn_coordinator()
+            self.coordinator_restarts += 1
         self._reclaim_dead_lanes()
+
+    def _crashed_and_due(self, slot: PartitionSlot | ChildSlot, name: str, now: float) -> bool:
+        """The restart policy, for any child: True when it died and its backoff has passed."""
+        process = slot.process
+        if slot.failed or process is None or process.exitcode is None:
+            return False
+        if slot.restart_at == 0.0:
+            slot.crashes = [t for t in slot.crashes if now - t < self.config.restart_window_ms / 1000]
+            slot.crashes.append(now)
+            log.error("%s exited with %s (crash %d)", name, process.exitcode, len(slot.crashes))
+            if len(slot.crashes) > self.config.max_restarts:
+                slot.failed = (
+                    f"{name} crashed {len(slot.crashes)} times in "
+                    f"{self.config.restart_window_ms} ms; not restarting it (see the log above)"
+                )
+                log.error(slot.failed)
+                return False
+            backoff_ms = min(5000, self.config.restart_backoff_ms * 2 ** (len(slot.crashes) - 1))
+            slot.restart_at = now + backoff_ms / 1000
+            return False
+        if now >= slot.restart_at:
+            slot.restart_at = 0.0
+            return True
+        return False
+
+    # -- group coordinator ------------------------------------------------------------------------
+    def start_coordinator(self) -> str:
+        """Start the coordinator process; return the private endpoint the relay connects to."""
+        self.coordinator = ChildSlot()
+        self._spawn_coordinator()
+        return self.coordinator_endpoint
+
+    def _spawn_coordinator(self) -> None:
+        assert self.coordinator is not None
+        spec = coordinator.CoordinatorSpec(self.data_dir, self.coordinator_endpoint)
+        process = self._ctx.Process(target=_coordinator_main, args=(spec,), name="coordinator", daemon=False)
+        process.start()
+        self.coordinator.process = process
+
+    def coordinator_alive(self) -> bool:
+        c = self.coordinator
+        return c is not None and c.process is not None and c.process.exitcode is None
 
     def _reclaim_dead_lanes(self) -> None:
         for slot in self.slots.values():
@@ -267,9 +311,17 @@ class Supervisor:
     def shutdown(self) -> None:
         for slot in list(self.slots.values()):
             slot.send("stop")
+        if self.coordinator is not None and self.coordinator.process is not None:
+            self.coordinator.process.terminate()  # SIGTERM: it closes its offset store and exits
         for slot in list(self.slots.values()):
             self._stop_slot(slot)
         self.slots.clear()
+        if self.coordinator is not None and self.coordinator.process is not None:
+            self.coordinator.process.join(STOP_TIMEOUT_S)
+            if self.coordinator.process.is_alive():
+                self.coordinator.process.kill()
+                self.coordinator.process.join(2)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
         self._registry.write_text("")
         os.close(self._lock_fd)
 
@@ -297,3 +349,14 @@ def _worker_main(spec: partition.WorkerSpec, commands: Connection) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {spec.topic}-{spec.partition} %(message)s")
     partition.run(spec, commands)
+
+
+def _exit_cleanly(*_: object) -> None:
+    raise SystemExit(0)  # unwinds run()'s finally: the offset store is closed
+
+
+def _coordinator_main(spec: coordinator.CoordinatorSpec) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s coordinator %(message)s")
+    coordinator.run(spec)
