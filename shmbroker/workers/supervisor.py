@@ -43,6 +43,7 @@ from shmbroker.workers.topics import TopicSpec, TopicStore
 log = logging.getLogger(__name__)
 
 REGISTRY_FILE = ".shm-registry"
+RUNTIME_FILE = ".runtime-dir"
 LOCK_FILE = ".lock"
 STOP_TIMEOUT_S = 10.0
 WATCH_INTERVAL_S = 0.2
@@ -133,7 +134,12 @@ class Supervisor:
         self._next_producer_id = (time.time_ns() >> 20) & 0x3FFFFFFFFFFF  # unique across restarts
         self.started_ms = int(time.time() * 1000)
         # Private (0700) directory for the internal ipc endpoints: only this user can connect.
+        # A SIGKILLed predecessor could not remove its own: do it for it.
+        previous = self.data_dir / RUNTIME_FILE
+        if previous.exists():
+            shutil.rmtree(previous.read_text().strip() or "/nonexistent", ignore_errors=True)
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="shmb-run-"))
+        previous.write_text(str(self.runtime_dir))
         self.coordinator_endpoint = f"ipc://{self.runtime_dir}/coordinator.sock"
         self.coordinator: ChildSlot | None = None
         self.coordinator_restarts = 0
