@@ -23,6 +23,20 @@ CODECS = {
     "zstd": Codec.ZSTD,
 }
 TRANSPORTS = ("auto", "shm", "zmq")
+STRATEGIES = ("range", "roundrobin", "cooperative-sticky")
+# Consumer-group keys: they mean something to a Consumer; a Producer or AdminClient ignores them.
+GROUP_KEYS = (
+    "group.id",
+    "group.instance.id",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "on_commit",
+)
 # Accepted for compatibility; they change nothing on a single-host broker.
 IGNORED = {
     "client.id",
@@ -45,12 +59,6 @@ IGNORED = {
     "queued.min.messages",
     "check.crcs",
     "enable.partition.eof",
-    "session.timeout.ms",
-    "heartbeat.interval.ms",
-    "max.poll.interval.ms",
-    "partition.assignment.strategy",
-    "group.instance.id",
-    "auto.commit.interval.ms",
     "isolation.level",
 }
 
@@ -87,9 +95,9 @@ class CommonConfig:
         return cls(servers, transport, timeout)
 
 
-def _reject_unknown(conf: dict[str, Any]) -> None:
+def _reject_unknown(conf: dict[str, Any], *, also_ignore: tuple[str, ...] = ()) -> None:
     for key in list(conf):
-        if key in IGNORED:
+        if key in IGNORED or key in also_ignore:
             conf.pop(key)
     if conf:
         key = sorted(conf)[0]
@@ -145,7 +153,7 @@ class ProducerConfig:
             on_delivery=on_delivery,
         )
         conf.pop("queue.buffering.max.kbytes", None)
-        _reject_unknown(conf)
+        _reject_unknown(conf, also_ignore=GROUP_KEYS)
         return result
 
 
@@ -160,6 +168,16 @@ class ConsumerConfig:
     fetch_min_bytes: int
     fetch_max_wait_ms: int
     on_error: Callable[..., None] | None
+    # consumer groups (librdkafka's defaults)
+    group_instance_id: str | None = None
+    client_id: str = "rdkafka"
+    session_timeout_ms: int = 45000
+    heartbeat_interval_ms: int = 3000
+    max_poll_interval_ms: int = 300000
+    assignment_strategies: tuple[str, ...] = ("range", "roundrobin")
+    auto_commit_interval_ms: int = 5000
+    enable_auto_offset_store: bool = True
+    on_commit: Callable[..., None] | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ConsumerConfig:
@@ -176,15 +194,50 @@ class ConsumerConfig:
             common=common,
             group_id=None if group_id is None else str(group_id),
             auto_offset_reset=reset,
-            enable_auto_commit=str(conf.pop("enable.auto.commit", "true")).lower() == "true",
+            enable_auto_commit=_bool(conf, "enable.auto.commit", True),
             fetch_max_bytes=_int(conf, "fetch.max.bytes", 52428800, 1, 2147483135),
             max_partition_fetch_bytes=_int(conf, "max.partition.fetch.bytes", 1048576, 1, 1000000000),
             fetch_min_bytes=_int(conf, "fetch.min.bytes", 1, 1, 100000000),
             fetch_max_wait_ms=_int(conf, "fetch.max.wait.ms", 500, 0, 300000),
             on_error=conf.pop("error_cb", None),
+            **_group_fields(conf),
         )
         _reject_unknown(conf)
         return result
+
+
+def _bool(conf: dict[str, Any], key: str, default: bool) -> bool:
+    return str(conf.pop(key, default)).lower() in ("true", "1")
+
+
+def _group_fields(conf: dict[str, Any]) -> dict[str, Any]:
+    """The consumer-group keys, checked as librdkafka checks them."""
+    instance = conf.pop("group.instance.id", None)
+    session = _int(conf, "session.timeout.ms", 45000, 1, 3600000)
+    heartbeat = _int(conf, "heartbeat.interval.ms", 3000, 1, 3600000)
+    max_poll = _int(conf, "max.poll.interval.ms", 300000, 1, 86400000)
+    if max_poll < session:
+        raise _fail(f"`max.poll.interval.ms`={max_poll} must be >= `session.timeout.ms`={session}")
+    raw = str(conf.pop("partition.assignment.strategy", "range,roundrobin"))
+    strategies = tuple(dict.fromkeys(s.strip() for s in raw.split(",") if s.strip()))
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        raise _fail(
+            f'Invalid value {raw!r} for "partition.assignment.strategy": a list of {", ".join(STRATEGIES)}'
+        )
+    if "cooperative-sticky" in strategies and len(strategies) > 1:
+        raise _fail("partition.assignment.strategy: cooperative and eager assignors cannot be mixed")
+    return {
+        "group_instance_id": None if instance in (None, "") else str(instance),
+        "client_id": str(conf.pop("client.id", "rdkafka")),
+        "session_timeout_ms": session,
+        "heartbeat_interval_ms": heartbeat,
+        "max_poll_interval_ms": max_poll,
+        "assignment_strategies": strategies,
+        "auto_commit_interval_ms": _int(conf, "auto.commit.interval.ms", 5000, 0, 86400000),
+        "enable_auto_offset_store": _bool(conf, "enable.auto.offset.store", True),
+        "on_commit": conf.pop("on_commit", None),
+    }
 
 
 @dataclass(frozen=True)
@@ -195,5 +248,5 @@ class AdminConfig:
     def from_dict(cls, raw: dict[str, Any]) -> AdminConfig:
         conf = dict(raw)
         common = CommonConfig.pop_from(conf)
-        _reject_unknown(conf)
+        _reject_unknown(conf, also_ignore=GROUP_KEYS)
         return cls(common)

@@ -106,6 +106,7 @@ GroupEvent = Assigned | Revoked | Lost | CommitDone | GroupError
 
 @dataclass
 class _Request:
+    cid: int
     api: ApiKey
     deadline_s: float
     context: Any = None
@@ -128,8 +129,11 @@ class _Backoff:
 
 def _error(reply: Message) -> KafkaError:
     code = reply.error_code
-    return KafkaError(code, str(reply.body.get("error_message", "")) or f"group error {code}",
-                      retriable=code in (COORDINATOR_NOT_AVAILABLE, REQUEST_TIMED_OUT, REBALANCE_IN_PROGRESS))
+    return KafkaError(
+        code,
+        str(reply.body.get("error_message", "")) or f"group error {code}",
+        retriable=code in (COORDINATOR_NOT_AVAILABLE, REQUEST_TIMED_OUT, REBALANCE_IN_PROGRESS),
+    )
 
 
 @dataclass
@@ -202,20 +206,31 @@ class GroupMember:
                 self._next_heartbeat_s = now_s + self.settings.heartbeat_interval_ms / 1000
         return self._take()
 
-    def commit(self, offsets: dict[TP, tuple[int, str]], now_s: float, *, sync: bool,
-               timeout_s: float | None = None) -> int:
+    def commit(
+        self, offsets: dict[TP, tuple[int, str]], now_s: float, *, sync: bool, timeout_s: float | None = None
+    ) -> int:
         """Send an OffsetCommit; returns its correlation id (``wait`` for it when sync). A consumer
         that is not in a group (assign() with a group.id) commits as a simple consumer (generation -1)."""
         in_group = self.state in (MemberState.STABLE, MemberState.REVOKING) and self.m.member_id
-        body = self._ids(generation=True) if in_group else {
-            "group_id": self.settings.group_id, "member_id": "", "generation_id": -1, "group_instance_id": None}
+        body: dict[str, Any] = (
+            self._ids(generation=True)
+            if in_group
+            else {
+                "group_id": self.settings.group_id,
+                "member_id": "",
+                "generation_id": -1,
+                "group_instance_id": None,
+            }
+        )
         body["offsets"] = [[t, p, o, md] for (t, p), (o, md) in sorted(offsets.items())]
         timeout_s = self.settings.request_timeout_ms / 1000 if timeout_s is None else timeout_s
         return self._send(ApiKey.OFFSET_COMMIT, body, now_s, context=offsets, sync=sync, timeout_s=timeout_s)
 
     def fetch_committed_request(self, partitions: list[TP] | None, now_s: float, timeout_s: float) -> int:
-        body = {"group_id": self.settings.group_id,
-                "partitions": None if partitions is None else [list(tp) for tp in partitions]}
+        body = {
+            "group_id": self.settings.group_id,
+            "partitions": None if partitions is None else [list(tp) for tp in partitions],
+        }
         return self._send(ApiKey.OFFSET_FETCH, body, now_s, sync=True, timeout_s=timeout_s)
 
     def wait(self, correlation_id: int, now_s: float, timeout_s: float, clock: Any) -> Message | None:
@@ -236,8 +251,17 @@ class GroupMember:
         """Leave the group (dynamic members; static ones stay until session.timeout.ms, as in Kafka)
         and forget the membership. Waits up to 2 s for the reply so the request leaves the socket."""
         if self.m.member_id and self.settings.instance_id is None and self.state is not MemberState.FAILED:
-            cid = self._send(ApiKey.LEAVE_GROUP, {"group_id": self.settings.group_id, "member_id": self.m.member_id,
-                                                  "group_instance_id": None}, now_s, sync=True, timeout_s=2.0)
+            cid = self._send(
+                ApiKey.LEAVE_GROUP,
+                {
+                    "group_id": self.settings.group_id,
+                    "member_id": self.m.member_id,
+                    "group_instance_id": None,
+                },
+                now_s,
+                sync=True,
+                timeout_s=2.0,
+            )
             self.wait(cid, now_s, 2.0, clock)
         self.topics = ()
         self.m = _Membership()
@@ -250,24 +274,39 @@ class GroupMember:
 
     # -- requests ---------------------------------------------------------------------------------
     def _ids(self, *, generation: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {"group_id": self.settings.group_id, "member_id": self.m.member_id,
-                                "group_instance_id": self.settings.instance_id}
+        body: dict[str, Any] = {
+            "group_id": self.settings.group_id,
+            "member_id": self.m.member_id,
+            "group_instance_id": self.settings.instance_id,
+        }
         if generation:
             body["generation_id"] = self.m.generation_id
         return body
 
-    def _send(self, api: ApiKey, body: dict[str, Any], now_s: float, *, context: Any = None,
-              sync: bool = False, timeout_s: float | None = None) -> int:
+    def _send(
+        self,
+        api: ApiKey,
+        body: dict[str, Any],
+        now_s: float,
+        *,
+        context: Any = None,
+        sync: bool = False,
+        timeout_s: float | None = None,
+    ) -> int:
         timeout_s = self.settings.request_timeout_ms / 1000 if timeout_s is None else timeout_s
         cid = self._conn.send(api, body)
-        self._inflight[cid] = _Request(api, now_s + timeout_s, context, sync)
+        self._inflight[cid] = _Request(cid, api, now_s + timeout_s, context, sync)
         return cid
 
     def _send_join(self, now_s: float) -> None:
         body = self._ids(generation=False)
-        body.update(client_id=self.settings.client_id, session_timeout_ms=self.settings.session_timeout_ms,
-                    rebalance_timeout_ms=self.settings.max_poll_interval_ms, protocol_type="consumer",
-                    protocols=[{"name": s, "topics": list(self.topics)} for s in self.settings.strategies])
+        body.update(
+            client_id=self.settings.client_id,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            rebalance_timeout_ms=self.settings.max_poll_interval_ms,
+            protocol_type="consumer",
+            protocols=[{"name": s, "topics": list(self.topics)} for s in self.settings.strategies],
+        )
         wait_s = (self.settings.max_poll_interval_ms + self.settings.request_timeout_ms) / 1000
         self._send(ApiKey.JOIN_GROUP, body, now_s, timeout_s=wait_s)
         self.state = MemberState.JOINING
@@ -290,9 +329,13 @@ class GroupMember:
     def _on_reply(self, request: _Request, reply: Message | None, now_s: float) -> None:
         """``reply`` None: the request timed out."""
         if request.sync:
-            self._results[id_of(reply, request)] = reply
-        handler = {ApiKey.JOIN_GROUP: self._on_join, ApiKey.SYNC_GROUP: self._on_sync,
-                   ApiKey.HEARTBEAT: self._on_heartbeat, ApiKey.OFFSET_COMMIT: self._on_commit}.get(request.api)
+            self._results[request.cid] = reply
+        handler = {
+            ApiKey.JOIN_GROUP: self._on_join,
+            ApiKey.SYNC_GROUP: self._on_sync,
+            ApiKey.HEARTBEAT: self._on_heartbeat,
+            ApiKey.OFFSET_COMMIT: self._on_commit,
+        }.get(request.api)
         if handler is not None:
             handler(request, reply, now_s)
 
@@ -320,20 +363,30 @@ class GroupMember:
             return
         if code == UNKNOWN_MEMBER_ID:
             self.m.member_id = ""
-        retriable = code in (COORDINATOR_NOT_AVAILABLE, REQUEST_TIMED_OUT, UNKNOWN_MEMBER_ID,
-                             REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION)
+        retriable = code in (
+            COORDINATOR_NOT_AVAILABLE,
+            REQUEST_TIMED_OUT,
+            UNKNOWN_MEMBER_ID,
+            REBALANCE_IN_PROGRESS,
+            ILLEGAL_GENERATION,
+        )
         if not retriable and reply is not None:  # a config error: report it, retry slowly
             self._events.append(GroupError(_error(reply)))
             self._backoff.current_s = self._backoff.max_s / 2
         self.state = MemberState.UNJOINED
-        self._next_join_s = now_s + (0.0 if code in (UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS) else self._backoff.next())
+        self._next_join_s = now_s + (
+            0.0 if code in (UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS) else self._backoff.next()
+        )
 
     def _on_sync(self, request: _Request, reply: Message | None, now_s: float) -> None:
         if self.state is not MemberState.SYNCING:
             return
         code = REQUEST_TIMED_OUT if reply is None else reply.error_code
-        if code in (COORDINATOR_NOT_AVAILABLE, REQUEST_TIMED_OUT):
-            self._send(ApiKey.SYNC_GROUP, self._ids(generation=True), now_s + self._backoff.next())
+        if code in (
+            COORDINATOR_NOT_AVAILABLE,
+            REQUEST_TIMED_OUT,
+        ):  # rejoin: a restarted coordinator forgot us
+            self.state, self._next_join_s = MemberState.UNJOINED, now_s + self._backoff.next()
             return
         if code or reply is None:
             self._heartbeat_error(code, reply, now_s)
@@ -380,7 +433,9 @@ class GroupMember:
             return  # the waiting caller reports it
         offsets = tuple((t, p, o) for (t, p), (o, _m) in sorted(request.context.items()))
         if reply is None:
-            self._events.append(CommitDone(KafkaError(REQUEST_TIMED_OUT, "commit timed out", retriable=True), offsets))
+            self._events.append(
+                CommitDone(KafkaError(REQUEST_TIMED_OUT, "commit timed out", retriable=True), offsets)
+            )
         else:
             self._events.append(CommitDone(_error(reply) if reply.error_code else None, offsets))
 
@@ -407,19 +462,33 @@ class GroupMember:
     def _fenced(self, reply: Message | None, now_s: float) -> None:
         self._lose(now_s, "fenced", reset_id=False)
         message = str(reply.body.get("error_message", "")) if reply is not None else ""
-        self._events.append(GroupError(KafkaError(FENCED_INSTANCE_ID, message or "fenced by a newer instance",
-                                                  fatal=True)))
+        self._events.append(
+            GroupError(KafkaError(FENCED_INSTANCE_ID, message or "fenced by a newer instance", fatal=True))
+        )
         self.state = MemberState.FAILED
 
     def _max_poll_exceeded(self, now_s: float) -> None:
         """As librdkafka: leave the group (dynamic members), lose the partitions, report on next poll."""
         if self.m.member_id and self.settings.instance_id is None:
-            self._send(ApiKey.LEAVE_GROUP, {"group_id": self.settings.group_id, "member_id": self.m.member_id,
-                                            "group_instance_id": None}, now_s)
+            self._send(
+                ApiKey.LEAVE_GROUP,
+                {
+                    "group_id": self.settings.group_id,
+                    "member_id": self.m.member_id,
+                    "group_instance_id": None,
+                },
+                now_s,
+            )
         self._lose(now_s, "max.poll.interval.ms", reset_id=self.settings.instance_id is None)
-        self._events.append(GroupError(KafkaError(
-            MAX_POLL_EXCEEDED, f"Application maximum poll interval ({self.settings.max_poll_interval_ms}ms) "
-            "exceeded by the application: leaving the group")))
+        self._events.append(
+            GroupError(
+                KafkaError(
+                    MAX_POLL_EXCEEDED,
+                    f"Application maximum poll interval ({self.settings.max_poll_interval_ms}ms) "
+                    "exceeded by the application: leaving the group",
+                )
+            )
+        )
 
     def _forget(self, *apis: ApiKey) -> None:
         for cid, request in list(self._inflight.items()):
@@ -430,8 +499,3 @@ class GroupMember:
     def _take(self) -> list[GroupEvent]:
         events, self._events = self._events, []
         return events
-
-
-def id_of(reply: Message | None, request: _Request) -> int:
-    """The correlation id a blocking caller waits on (kept in the request for timeouts)."""
-    return int(reply.correlation_id) if reply is not None else int(request.context_cid)  # type: ignore[attr-defined]

@@ -33,6 +33,7 @@ from shmbroker.client.types import TIMESTAMP_CREATE_TIME, KafkaError, KafkaExcep
 # disk was full, not "this batch is bad" (a corrupt batch stays corrupt however often it is sent).
 RETRY_CODES = frozenset({7, 13, 19, 56, -195})  # REQUEST_TIMED_OUT, NETWORK_EXCEPTION, NOT_ENOUGH_REPLICAS,
 # KAFKA_STORAGE_ERROR, _TRANSPORT
+NATURAL_BATCHING_IN_FLIGHT = 2
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 BatchCallback = Callable[[KafkaError | None, str, int, int, int], None]
 
@@ -332,7 +333,10 @@ class Producer:
         timeout_s = self._config.message_timeout_ms / 1000
         now = time.monotonic()
         for part in self._partitions.values():
-            if part.count and now - part.opened_s >= linger_s:
+            # Natural batching: a lingering batch waits while NATURAL_BATCHING_IN_FLIGHT batches of its
+            # partition are unanswered, so a busy broker gets fewer, bigger batches (latency stays
+            # that of one round trip) and an idle one gets each record at once.
+            if part.count and now - part.opened_s >= linger_s and len(part.in_flight) < NATURAL_BATCHING_IN_FLIGHT:
                 self._seal(part)
             if part.backlog:
                 self._send_backlog(part)
