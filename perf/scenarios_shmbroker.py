@@ -61,7 +61,8 @@ class Broker:
         ready = threading.Event()
 
         def pump() -> None:
-            assert self.process is not None and self.process.stdout is not None
+            assert self.process is not None
+            assert self.process.stdout is not None
             for line in self.process.stdout:
                 if " ready: " in line:
                     ready.set()
@@ -117,12 +118,26 @@ class Broker:
 
 
 def _producer_conf(address: str, transport: str, codec: str, linger_ms: int = 5) -> dict[str, Any]:
-    return {"bootstrap.servers": address, "acks": 1, "linger.ms": linger_ms, "compression.type": codec,
-            "shmbroker.transport": transport, "queue.buffering.max.messages": 200_000}
+    return {
+        "bootstrap.servers": address,
+        "acks": 1,
+        "linger.ms": linger_ms,
+        "compression.type": codec,
+        "shmbroker.transport": transport,
+        "queue.buffering.max.messages": 200_000,
+    }
 
 
-def producer_child(ctl: Ctl, address: str, transport: str, codec: str, size: int, n: int,
-                   batch: bool = False, rate: float | None = None) -> dict[str, Any]:
+def producer_child(
+    ctl: Ctl,
+    address: str,
+    transport: str,
+    codec: str,
+    size: int,
+    n: int,
+    batch: bool = False,
+    rate: float | None = None,
+) -> dict[str, Any]:
     from shmbroker import Producer
 
     producer = Producer(_producer_conf(address, transport, codec, linger_ms=0 if rate else 5))
@@ -175,12 +190,19 @@ def producer_child(ctl: Ctl, address: str, transport: str, codec: str, size: int
     return {"sent": sent}
 
 
-def consumer_child(ctl: Ctl, address: str, transport: str, size: int, n: int, batch: bool = False,
-                   rate: float | None = None) -> dict[str, Any]:
+def consumer_child(
+    ctl: Ctl, address: str, transport: str, size: int, n: int, batch: bool = False, rate: float | None = None
+) -> dict[str, Any]:
     from shmbroker import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": address, "shmbroker.transport": transport,
-                         "fetch.max.wait.ms": 100, "max.partition.fetch.bytes": 4 << 20})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": address,
+            "shmbroker.transport": transport,
+            "fetch.max.wait.ms": 100,
+            "max.partition.fetch.bytes": 4 << 20,
+        }
+    )
     consumer.assign([TopicPartition(TOPIC, 0, 1)])  # offset 0 is the producer's warm-up record
     ctl.ready()
     got = 0
@@ -207,16 +229,45 @@ def consumer_child(ctl: Ctl, address: str, transport: str, size: int, n: int, ba
     return out
 
 
-def _run(name: str, size: int, n: int, timeout_s: float, *, transport: str, codec: str = "none",
-         batch: bool = False, rate: float | None = None) -> Result:
+def _run(
+    name: str,
+    size: int,
+    n: int,
+    timeout_s: float,
+    *,
+    transport: str,
+    codec: str = "none",
+    batch: bool = False,
+    rate: float | None = None,
+) -> Result:
     with Broker() as broker:
-        kw_p = {"address": broker.address, "transport": transport, "codec": codec, "size": size, "n": n,
-                "batch": batch, "rate": rate}
-        kw_c = {"address": broker.address, "transport": transport, "size": size, "n": n, "batch": batch,
-                "rate": rate}
-        return run_pair(name, size, n, timeout_s, producer=(producer_child, kw_p),
-                        consumer=(consumer_child, kw_c), servers=broker.servers(),
-                        extra={"transport": transport, "codec": codec, "batch_api": batch, "rate": rate})
+        kw_p = {
+            "address": broker.address,
+            "transport": transport,
+            "codec": codec,
+            "size": size,
+            "n": n,
+            "batch": batch,
+            "rate": rate,
+        }
+        kw_c = {
+            "address": broker.address,
+            "transport": transport,
+            "size": size,
+            "n": n,
+            "batch": batch,
+            "rate": rate,
+        }
+        return run_pair(
+            name,
+            size,
+            n,
+            timeout_s,
+            producer=(producer_child, kw_p),
+            consumer=(consumer_child, kw_c),
+            servers=broker.servers(),
+            extra={"transport": transport, "codec": codec, "batch_api": batch, "rate": rate},
+        )
 
 
 def _register(name: str, doc: str, records: dict[int, int], **kw: Any) -> None:
@@ -227,16 +278,40 @@ def _register(name: str, doc: str, records: dict[int, int], **kw: Any) -> None:
     scenario(name, sizes=SIZES, peer=False, records=records, timeout_s=60.0)(run)
 
 
-_register("shmbroker-local", "Local e2e, shared-memory lanes, produce()/consume(); acks=1.", N_LOCAL,
-          transport="shm")
-_register("shmbroker-local-lz4", "As shmbroker-local with compression.type=lz4.", N_LOCAL, transport="shm",
-          codec="lz4")
-_register("shmbroker-local-batch", "Local e2e with produce_batch()/consume_columnar(); acks=1.", N_BATCH,
-          transport="shm", batch=True)
-_register("shmbroker-local-batch-lz4", "As shmbroker-local-batch with lz4.", N_BATCH, transport="shm",
-          codec="lz4", batch=True)
-_register("shmbroker-remote", "Remote e2e over ZeroMQ (tcp loopback), produce()/consume(); acks=1.",
-          N_REMOTE, transport="zmq")
+_register(
+    "shmbroker-local",
+    "Local e2e, shared-memory lanes, produce()/consume(); acks=1.",
+    N_LOCAL,
+    transport="shm",
+)
+_register(
+    "shmbroker-local-lz4",
+    "As shmbroker-local with compression.type=lz4.",
+    N_LOCAL,
+    transport="shm",
+    codec="lz4",
+)
+_register(
+    "shmbroker-local-batch",
+    "Local e2e with produce_batch()/consume_columnar(); acks=1.",
+    N_BATCH,
+    transport="shm",
+    batch=True,
+)
+_register(
+    "shmbroker-local-batch-lz4",
+    "As shmbroker-local-batch with lz4.",
+    N_BATCH,
+    transport="shm",
+    codec="lz4",
+    batch=True,
+)
+_register(
+    "shmbroker-remote",
+    "Remote e2e over ZeroMQ (tcp loopback), produce()/consume(); acks=1.",
+    N_REMOTE,
+    transport="zmq",
+)
 _register("shmbroker-remote-lz4", "As shmbroker-remote with lz4.", N_REMOTE, transport="zmq", codec="lz4")
 
 
@@ -246,10 +321,19 @@ def _register_latency(transport: str, rate: int) -> None:
     def run(size_bytes: int, n_records: int, timeout_s: float) -> Result:
         return _run(name, size_bytes, n_records, timeout_s, transport=transport, rate=rate)
 
-    run.__doc__ = (f"Latency at {rate} records/s offered (100 B): produce() each due record with "
-                   "linger.ms=0, poll(0); consumer poll(); latency = receive - scheduled send time.")
-    scenario(name, sizes=(100,), kind="latency", peer=False, records={100: int(rate * LAT_SECONDS)},
-             smoke_records={100: int(rate * 0.2)}, timeout_s=LAT_TIMEOUT_S)(run)
+    run.__doc__ = (
+        f"Latency at {rate} records/s offered (100 B): produce() each due record with "
+        "linger.ms=0, poll(0); consumer poll(); latency = receive - scheduled send time."
+    )
+    scenario(
+        name,
+        sizes=(100,),
+        kind="latency",
+        peer=False,
+        records={100: int(rate * LAT_SECONDS)},
+        smoke_records={100: int(rate * 0.2)},
+        timeout_s=LAT_TIMEOUT_S,
+    )(run)
 
 
 for _transport in ("shm", "zmq"):

@@ -101,7 +101,9 @@ class AdminClient:
             "topics": [
                 {
                     "name": t.topic,
-                    "num_partitions": None if t.num_partitions == -1 else t.num_partitions,  # -1: the broker default
+                    "num_partitions": None
+                    if t.num_partitions == -1
+                    else t.num_partitions,  # -1: the broker default
                     "config": t.config,
                 }
                 for t in new_topics

@@ -7,8 +7,9 @@ that long-poll up to ``fetch.max.wait.ms``. Either way whole batches arrive and 
 records below the position (a batch may start before it) are skipped.
 
 ``consume_columnar`` is the fast path: whole batches as columns (numpy offsets, one data buffer)
-without a Python object per record. Consumer groups (``subscribe``, ``commit``) are issue 5's; until
-then they raise KafkaException(_NOT_IMPLEMENTED) with a plain message. Not thread-safe.
+without a Python object per record. Consumer groups (``subscribe``, ``commit``, ``committed``) live
+in ``GroupMixin`` (subscription.py); assigned partitions are read the same way whichever way they
+were assigned. Not thread-safe (the group's heartbeat thread is the consumer's own business).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from shmbroker import records
 from shmbroker.client.config import ConsumerConfig
+from shmbroker.client.subscription import GroupMixin
 from shmbroker.client.transport import TransportFactory
 from shmbroker.client.types import (
     OFFSET_BEGINNING,
@@ -54,7 +56,7 @@ class _Assigned:
         self.paused = False
 
 
-class Consumer:
+class Consumer(GroupMixin):
     def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self._config = ConsumerConfig.from_dict({**(config or {}), **kwargs})
         self._transports = TransportFactory(self._config.common)
@@ -63,34 +65,45 @@ class Consumer:
         self._next = 0
         self._max_uncompressed = max(self._config.fetch_max_bytes, 64 << 20)
         self._closed = False
+        self._init_group()
 
     # -- assignment ---------------------------------------------------------------------------------
     def assign(self, partitions: list[TopicPartition]) -> None:
         self._check_open()
         self.unassign()
-        for tp in partitions:
-            self._add(tp)
+        self.incremental_assign(partitions)
 
     def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        self._check_open()
+        self._rebalance_assigned = True
+        committed = self._committed_for(partitions)
         for tp in partitions:
-            self._add(tp)
+            self._add(tp, committed.get((tp.topic, tp.partition)))
 
-    def _add(self, tp: TopicPartition) -> None:
+    def _add(self, tp: TopicPartition, committed: int | None = None) -> None:
         info = self._offsets(tp.topic, tp.partition, -1)
         part = _Assigned(tp.topic, tp.partition, 0)
         if self._transports.local:
             part.reader = LogReader(info["directory"])
             part.control = ControlReader.attach(info["control"])
         self._assigned[(tp.topic, tp.partition)] = part
-        part.position = self._resolve(part, tp.offset, info)
+        part.position = self._resolve(part, tp.offset, info, committed)
+        if committed is not None and part.position == committed:
+            self._commit_marks[(tp.topic, tp.partition)] = committed
 
-    def _resolve(self, part: _Assigned, offset: int, info: dict[str, Any]) -> int:
+    def _resolve(
+        self, part: _Assigned, offset: int, info: dict[str, Any], committed: int | None = None
+    ) -> int:
         if offset == OFFSET_BEGINNING:
             return int(info["log_start_offset"])
         if offset == OFFSET_END:
             return int(info["high_watermark"])
         if offset in (OFFSET_STORED, OFFSET_INVALID) or offset < 0:
-            # No group, so nothing is stored: auto.offset.reset decides, as in Kafka.
+            # The group's committed offset if there is one in the log; else auto.offset.reset decides.
+            if committed is not None and int(info["log_start_offset"]) <= committed <= int(
+                info["high_watermark"]
+            ):
+                return committed
             if self._config.auto_offset_reset == "error":
                 raise KafkaException(
                     KafkaError(
@@ -104,6 +117,7 @@ class Consumer:
         return offset
 
     def unassign(self) -> None:
+        self._rebalance_assigned = True
         for part in self._assigned.values():
             if part.reader is not None:
                 part.reader.close()
@@ -113,6 +127,7 @@ class Consumer:
         self._ready, self._next = [], 0
 
     def incremental_unassign(self, partitions: list[TopicPartition]) -> None:
+        self._rebalance_assigned = True
         for tp in partitions:
             part = self._assigned.pop((tp.topic, tp.partition), None)
             if part is not None and part.reader is not None:
@@ -153,7 +168,12 @@ class Consumer:
         i = self._next
         if i >= len(self._ready):
             self._ready, self._next, i = [], 0, 0
-            self._fill(timeout)
+            if self._sub is not None:
+                errors = self._fill_grouped(timeout)
+                if errors:
+                    return errors[0]
+            else:
+                self._fill(timeout)
             if not self._ready:
                 return None
         self._next = i + 1
@@ -164,7 +184,12 @@ class Consumer:
             raise ValueError(f"num_messages {num_messages}: 1..1000000")
         if self._next >= len(self._ready):
             self._ready, self._next = [], 0
-            self._fill(None if timeout is None or timeout < 0 else timeout)
+            if self._sub is not None:
+                errors = self._fill_grouped(None if timeout is None or timeout < 0 else timeout)
+                if errors:
+                    return errors
+            else:
+                self._fill(None if timeout is None or timeout < 0 else timeout)
         i = self._next
         out = self._ready[i : i + num_messages]
         self._next = i + len(out)
@@ -178,12 +203,16 @@ class Consumer:
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         while True:
             out = []
+            if self._sub is not None:
+                self._group_step()
             for part, view in self._read_all(max_bytes):
                 for batch in records.iter_columnar(view, max_uncompressed_bytes=self._max_uncompressed):
                     out.append((part.topic, part.partition, batch))
                     part.position = max(part.position, batch.header.next_offset)
             if out or not self._wait(deadline):
                 return out
+            if not self._assigned and self._sub is not None:
+                time.sleep(0.005)  # joining: nothing to read yet
 
     def _fill(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -202,7 +231,11 @@ class Consumer:
             if header.next_offset <= position:
                 continue
             batch = view[start : start + header.size_bytes]
-            kind = TIMESTAMP_LOG_APPEND_TIME if header.attributes & records.TIMESTAMP_TYPE_BIT else TIMESTAMP_CREATE_TIME
+            kind = (
+                TIMESTAMP_LOG_APPEND_TIME
+                if header.attributes & records.TIMESTAMP_TYPE_BIT
+                else TIMESTAMP_CREATE_TIME
+            )
             if header.records_count < records.SMALL_BATCH_RECORDS:
                 _header, rows = records.decode_rows(batch, max_uncompressed_bytes=limit)
                 extend(
@@ -227,10 +260,21 @@ class Consumer:
             gc_was_on = gc.isenabled()
             gc.disable()
             try:
-                extend(map(Message, zip(
-                    repeat(topic), repeat(partition), columns.offsets[first:].tolist(), keys, values,
-                    zip(repeat(kind), columns.timestamps_ms[first:].tolist()), headers_column, repeat(None),
-                )))
+                extend(
+                    map(
+                        Message,
+                        zip(
+                            repeat(topic),
+                            repeat(partition),
+                            columns.offsets[first:].tolist(),
+                            keys,
+                            values,
+                            zip(repeat(kind), columns.timestamps_ms[first:].tolist()),
+                            headers_column,
+                            repeat(None),
+                        ),
+                    )
+                )
             finally:
                 if gc_was_on:
                     gc.enable()
@@ -355,37 +399,6 @@ class Consumer:
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
         return self._transports.cluster_metadata(topic, timeout)
 
-    # -- groups: not yet --------------------------------------------------------------------------------
-    def _no_groups(self, what: str) -> KafkaException:
-        return KafkaException(
-            KafkaError(
-                KafkaError._NOT_IMPLEMENTED,
-                f"{what}: consumer groups are not supported by this shmbroker version yet; "
-                "use assign() with explicit partitions and offsets",
-            )
-        )
-
-    def subscribe(
-        self, topics: list[str], on_assign: Any = None, on_revoke: Any = None, on_lost: Any = None
-    ) -> None:
-        raise self._no_groups("subscribe()")
-
-    def unsubscribe(self) -> None:
-        raise self._no_groups("unsubscribe()")
-
-    def commit(
-        self,
-        message: Message | None = None,
-        offsets: list[TopicPartition] | None = None,
-        asynchronous: bool = True,
-    ) -> None:
-        raise self._no_groups("commit()")
-
-    def committed(
-        self, partitions: list[TopicPartition], timeout: float | None = None
-    ) -> list[TopicPartition]:
-        raise self._no_groups("committed()")
-
     # -- lifecycle ----------------------------------------------------------------------------------------
     def _part(self, tp: TopicPartition) -> _Assigned:
         part = self._assigned.get((tp.topic, tp.partition))
@@ -400,6 +413,7 @@ class Consumer:
     def close(self) -> None:
         if self._closed:
             return
+        self._close_group()
         self.unassign()
         self._transports.close()
         self._closed = True

@@ -122,8 +122,16 @@ class Producer:
                     return
         self._produce(topic, value, key, partition, on_delivery or callback, timestamp, headers)
 
-    def _produce(self, topic: str, value: bytes | str | None, key: bytes | str | None, partition: int,
-                 on_delivery: DeliveryCallback | None, timestamp: int, headers: Any) -> None:
+    def _produce(
+        self,
+        topic: str,
+        value: bytes | str | None,
+        key: bytes | str | None,
+        partition: int,
+        on_delivery: DeliveryCallback | None,
+        timestamp: int,
+        headers: Any,
+    ) -> None:
         if self._undelivered >= self._config.max_queued_messages:
             self.poll(0)
             if self._undelivered >= self._config.max_queued_messages:
@@ -134,8 +142,12 @@ class Producer:
             key = key.encode() if isinstance(key, str) else bytes(key)
         size = 0 if value is None else len(value)
         if size > self._config.message_max_bytes:
-            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE,
-                f"record of {size} bytes exceeds message.max.bytes={self._config.message_max_bytes}"))
+            raise KafkaException(
+                KafkaError(
+                    KafkaError.MSG_SIZE_TOO_LARGE,
+                    f"record of {size} bytes exceeds message.max.bytes={self._config.message_max_bytes}",
+                )
+            )
         if partition < 0:
             partition = self._choose(topic, key)
         part = self._partitions.get((topic, partition)) or self._open(topic, partition)
@@ -164,8 +176,9 @@ class Producer:
             self._seal(part)
             self._send_backlog(part)
 
-    def _append_general(self, part: _Partition, value: bytes | None, key: bytes | None, timestamp: int,
-                        headers: Any) -> None:
+    def _append_general(
+        self, part: _Partition, value: bytes | None, key: bytes | None, timestamp: int, headers: Any
+    ) -> None:
         builder = part.builder
         if builder is None:  # the batch so far was plain values: carry them over, in order
             builder = part.builder = records.BatchBuilder()
@@ -305,16 +318,22 @@ class Producer:
         sequence = part.transport.reserve()
         producer_id, base_sequence = part.transport.producer_id, sequence & 0x7FFFFFFF
         if part.builder is not None:
-            batch = part.builder.build(codec=self._codec, producer_id=producer_id, base_sequence=base_sequence)
+            batch = part.builder.build(
+                codec=self._codec, producer_id=producer_id, base_sequence=base_sequence
+            )
         else:
-            batch = records.encode_values(part.values, timestamp_ms=int(time.time() * 1000), codec=self._codec,
-                                          producer_id=producer_id, base_sequence=base_sequence)
+            batch = records.encode_values(
+                part.values,
+                timestamp_ms=int(time.time() * 1000),
+                codec=self._codec,
+                producer_id=producer_id,
+                base_sequence=base_sequence,
+            )
         part.backlog.append(_Sealed(batch, part.count, part.callbacks, None, part.opened_s, sequence))
         part.builder, part.callbacks, part.values, part.count, part.size_bytes = None, None, [], 0, 0
         part.fast = False
         if part.topic in self._sticky:  # move keyless records on after each batch
             self._sticky[part.topic] = random.randrange(self._partition_count(part.topic))
-
 
     def _send_backlog(self, part: _Partition) -> None:
         while part.backlog:
@@ -336,7 +355,11 @@ class Producer:
             # Natural batching: a lingering batch waits while NATURAL_BATCHING_IN_FLIGHT batches of its
             # partition are unanswered, so a busy broker gets fewer, bigger batches (latency stays
             # that of one round trip) and an idle one gets each record at once.
-            if part.count and now - part.opened_s >= linger_s and len(part.in_flight) < NATURAL_BATCHING_IN_FLIGHT:
+            if (
+                part.count
+                and now - part.opened_s >= linger_s
+                and len(part.in_flight) < NATURAL_BATCHING_IN_FLIGHT
+            ):
                 self._seal(part)
             if part.backlog:
                 self._send_backlog(part)
@@ -346,7 +369,11 @@ class Producer:
                     sealed = part.in_flight.pop(sequence, None)
                     if sealed is None:
                         continue
-                    if error is not None and error.code() in RETRY_CODES and now - sealed.created_s < timeout_s:
+                    if (
+                        error is not None
+                        and error.code() in RETRY_CODES
+                        and now - sealed.created_s < timeout_s
+                    ):
                         retry.append(sealed)  # the broker could not take it now; it may later
                         continue
                     served += self._deliver(part, sealed, base_offset, error)

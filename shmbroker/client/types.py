@@ -150,7 +150,10 @@ class TopicPartition:
         self.error: KafkaError | None = None
 
     def __repr__(self) -> str:
-        return f"TopicPartition{{topic={self.topic},partition={self.partition},offset={self.offset},error={self.error}}}"
+        return (
+            f"TopicPartition{{topic={self.topic},partition={self.partition},"
+            f"offset={self.offset},error={self.error}}}"
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TopicPartition) and (self.topic, self.partition) == (
@@ -177,9 +180,17 @@ class Message(list):  # type: ignore[type-arg]
     __slots__ = ()
 
     @classmethod
-    def make(cls, topic: str | None, partition: int, offset: int, key: bytes | None, value: bytes | None,
-             timestamp: tuple[int, int] = (TIMESTAMP_NOT_AVAILABLE, 0),
-             headers: list[tuple[str, bytes | None]] | None = None, error: KafkaError | None = None) -> Message:
+    def make(
+        cls,
+        topic: str | None,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: tuple[int, int] = (TIMESTAMP_NOT_AVAILABLE, 0),
+        headers: list[tuple[str, bytes | None]] | None = None,
+        error: KafkaError | None = None,
+    ) -> Message:
         return cls((topic, partition, offset, key, value, timestamp, headers, error))
 
     def topic(self) -> str | None:

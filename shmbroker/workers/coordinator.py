@@ -79,8 +79,13 @@ class Coordinator:
             generation = field_of(body, "generation_id", int, default=-1)
             if api == ApiKey.SYNC_GROUP:
                 result = self.state.sync(group_id, member_id, generation, now, group_instance_id=instance)
-                return protocol.encode_reply(request, {
-                    "protocol_name": result.protocol_name, "assignment": [list(tp) for tp in result.assignment]})
+                return protocol.encode_reply(
+                    request,
+                    {
+                        "protocol_name": result.protocol_name,
+                        "assignment": [list(tp) for tp in result.assignment],
+                    },
+                )
             if api == ApiKey.HEARTBEAT:
                 self.state.heartbeat(group_id, member_id, generation, now, group_instance_id=instance)
                 return protocol.encode_reply(request, {})
@@ -90,27 +95,53 @@ class Coordinator:
             if api == ApiKey.OFFSET_COMMIT:
                 raw = field_of(body, "offsets", list)
                 offsets = {(str(e[0]), int(e[1])): (e[2], str(e[3]) if len(e) > 3 else "") for e in raw}
-                stored = self.state.commit_offsets(group_id, member_id, generation, offsets, now,
-                                                   group_instance_id=instance)
+                stored = self.state.commit_offsets(
+                    group_id, member_id, generation, offsets, now, group_instance_id=instance
+                )
                 self.store.commit(group_id, stored, commit_ms=now)  # fdatasync before the reply
-                return protocol.encode_reply(request, {"offsets": [[t, p, o, m] for (t, p), (o, m) in stored.items()]})
+                return protocol.encode_reply(
+                    request, {"offsets": [[t, p, o, m] for (t, p), (o, m) in stored.items()]}
+                )
             if api == ApiKey.OFFSET_FETCH:
                 found = self.state.fetch_offsets(group_id, _pairs(body.get("partitions")))
-                return protocol.encode_reply(request, {"offsets": [[t, p, v[0], v[1]] for (t, p), v in found.items()]})
+                return protocol.encode_reply(
+                    request, {"offsets": [[t, p, v[0], v[1]] for (t, p), v in found.items()]}
+                )
             if api == ApiKey.LIST_GROUPS:
-                return protocol.encode_reply(request, {"groups": [
-                    {"group_id": g.group_id, "state": str(g.state), "protocol_type": g.protocol_type}
-                    for g in self.state.list_groups()]})
+                return protocol.encode_reply(
+                    request,
+                    {
+                        "groups": [
+                            {"group_id": g.group_id, "state": str(g.state), "protocol_type": g.protocol_type}
+                            for g in self.state.list_groups()
+                        ]
+                    },
+                )
             if api == ApiKey.DESCRIBE_GROUP:
                 d = self.state.describe(group_id)
-                return protocol.encode_reply(request, {
-                    "group_id": d.group_id, "state": str(d.state), "protocol_name": d.protocol_name,
-                    "generation_id": d.generation_id, "leader_id": d.leader_id,
-                    "members": [{"member_id": m.member_id, "client_id": m.client_id,
-                                 "group_instance_id": m.group_instance_id, "topics": list(m.topics),
-                                 "assignment": [list(tp) for tp in m.assignment]} for m in d.members],
-                    "offsets": [[t, p, v[0], v[1]] for (t, p), v in self.state.fetch_offsets(group_id).items()],
-                })
+                return protocol.encode_reply(
+                    request,
+                    {
+                        "group_id": d.group_id,
+                        "state": str(d.state),
+                        "protocol_name": d.protocol_name,
+                        "generation_id": d.generation_id,
+                        "leader_id": d.leader_id,
+                        "members": [
+                            {
+                                "member_id": m.member_id,
+                                "client_id": m.client_id,
+                                "group_instance_id": m.group_instance_id,
+                                "topics": list(m.topics),
+                                "assignment": [list(tp) for tp in m.assignment],
+                            }
+                            for m in d.members
+                        ],
+                        "offsets": [
+                            [t, p, v[0], v[1]] for (t, p), v in self.state.fetch_offsets(group_id).items()
+                        ],
+                    },
+                )
             if api == ApiKey.RESET_OFFSETS:
                 raw = field_of(body, "offsets", list)
                 stored = self.state.reset_offsets(group_id, {(str(e[0]), int(e[1])): (e[2], "") for e in raw})
@@ -122,8 +153,9 @@ class Coordinator:
                 return protocol.encode_reply(request, {})
             raise InvalidRequestError(f"{api.name} is not a group request")
         except MemberIdRequiredError as exc:
-            return protocol.encode_reply(request, {"error_code": exc.kafka_code, "error_message": str(exc),
-                                                   "member_id": exc.member_id})
+            return protocol.encode_reply(
+                request, {"error_code": exc.kafka_code, "error_message": str(exc), "member_id": exc.member_id}
+            )
         except BrokerError as exc:
             return protocol.encode_error_reply(request, exc)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -144,9 +176,16 @@ class Coordinator:
 
     @staticmethod
     def _join_reply(request: Message, result: JoinResult) -> list[Any]:
-        return protocol.encode_reply(request, {
-            "member_id": result.member_id, "generation_id": result.generation_id,
-            "protocol_name": result.protocol_name, "leader_id": result.leader_id, "members": list(result.members)})
+        return protocol.encode_reply(
+            request,
+            {
+                "member_id": result.member_id,
+                "generation_id": result.generation_id,
+                "protocol_name": result.protocol_name,
+                "leader_id": result.leader_id,
+                "members": list(result.members),
+            },
+        )
 
     def tick(self) -> list[tuple[list[bytes], list[Any]]]:
         """Replies to parked joins that the passing of time completed or failed."""

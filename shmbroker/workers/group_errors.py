@@ -4,6 +4,7 @@ and are re-exported here for the group modules."""
 from __future__ import annotations
 
 from shmbroker.errors import (
+    BrokerError,
     CoordinatorNotAvailableError,
     FencedInstanceIdError,
     GroupIdNotFoundError,
@@ -19,8 +20,8 @@ from shmbroker.errors import (
     RebalanceInProgressError,
     TooManyGroupsError,
     UnknownMemberIdError,
+    error_for_code,
 )
-from shmbroker.errors import BrokerError, error_for_code
 
 __all__ = [
     "CoordinatorNotAvailableError",

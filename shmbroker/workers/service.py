@@ -291,7 +291,9 @@ class BrokerService:
             offset = info["high_watermark"] if found is None else found
         return protocol.encode_reply(request, {**info, "offset": offset})
 
-    def _offset_for_timestamp(self, topic: str, partition: int, timestamp_ms: int, info: dict[str, Any]) -> int | None:
+    def _offset_for_timestamp(
+        self, topic: str, partition: int, timestamp_ms: int, info: dict[str, Any]
+    ) -> int | None:
         """First offset whose timestamp >= ``timestamp_ms`` (Kafka's ListOffsets), below the high watermark.
 
         Scans batch headers (max timestamp per batch), then decodes the one batch that holds the
@@ -374,7 +376,9 @@ class BrokerService:
                 self._sequence += 1
                 key = (topic, partition)
                 backlog = self.router_backlog.setdefault(key, deque())
-                if backlog or not self._router_lane(topic, partition).try_send(batch, sequence=self._sequence, acks=acks):
+                if backlog or not self._router_lane(topic, partition).try_send(
+                    batch, sequence=self._sequence, acks=acks
+                ):
                     if self.router_backlog_bytes + len(batch) > ROUTER_BACKLOG_BYTES:
                         raise BufferError_()
                     # The lane is full: keep the batch (a zmq frame, no copy) and send it in order later.
@@ -528,7 +532,8 @@ def OffsetOutOfRange_(offset: int, info: dict[str, Any]) -> BrokerError:
     from shmbroker.errors import OffsetOutOfRangeError
 
     return OffsetOutOfRangeError(
-        f"offset {offset} outside [{info['log_start_offset']}, {info['high_watermark']}] of {info['topic']}-{info['partition']}"
+        f"offset {offset} outside [{info['log_start_offset']}, {info['high_watermark']}]"
+        f" of {info['topic']}-{info['partition']}"
     )
 
 
@@ -536,8 +541,14 @@ def _process_row_of(p: psutil.Process, role: str) -> dict[str, Any]:
     try:
         with p.oneshot():
             memory = p.memory_full_info()
-            return {"role": role, "pid": p.pid, "cpu_percent": p.cpu_percent(None), "rss_bytes": memory.rss,
-                    "uss_bytes": memory.uss, "cpu_s": sum(p.cpu_times()[:2])}
+            return {
+                "role": role,
+                "pid": p.pid,
+                "cpu_percent": p.cpu_percent(None),
+                "rss_bytes": memory.rss,
+                "uss_bytes": memory.uss,
+                "cpu_s": sum(p.cpu_times()[:2]),
+            }
     except psutil.Error:
         return {"role": role, "pid": p.pid, "gone": True}
 
@@ -549,7 +560,8 @@ def check_listener(address: str) -> None:
     host = address[len("tcp://") :].rsplit(":", 1)[0]
     if host not in ("127.0.0.1", "localhost", "[::1]"):
         raise InvalidRequestError(
-            f"listener {address!r} is not loopback; shmbroker serves 127.0.0.1 only until CURVE authentication exists"
+            f"listener {address!r} is not loopback; shmbroker serves 127.0.0.1 only"
+            " until CURVE authentication exists"
         )
 
 

@@ -28,7 +28,16 @@ class BrokerProcess:
         self.ready_line = ""
 
     def start(self) -> BrokerProcess:
-        args = [sys.executable, "-m", "shmbroker", "serve", "--data-dir", str(self.data_dir), "--listen", self.address]
+        args = [
+            sys.executable,
+            "-m",
+            "shmbroker",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            self.address,
+        ]
         if self.config is not None:
             args += ["--config", str(self.config)]
         self.process = subprocess.Popen(

@@ -29,8 +29,15 @@ def create(broker: BrokerProcess, topic: str, partitions: int = 1, **config: str
         admin.close()
 
 
-def read_all(broker: BrokerProcess, topic: str, partitions: list[int], expect: int, *, transport: str = "auto",
-             timeout_s: float = 30.0) -> list:
+def read_all(
+    broker: BrokerProcess,
+    topic: str,
+    partitions: list[int],
+    expect: int,
+    *,
+    transport: str = "auto",
+    timeout_s: float = 30.0,
+) -> list:
     consumer = Consumer({"bootstrap.servers": broker.address, "shmbroker.transport": transport})
     consumer.assign([TopicPartition(topic, p, -2) for p in partitions])
     out: list = []
@@ -46,18 +53,42 @@ def read_all(broker: BrokerProcess, topic: str, partitions: list[int], expect: i
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize(("size_bytes", "codec"), [(1, "none"), (100, "none"), (100, "lz4"), (1024, "zstd"),
-                                                   (1024, "snappy"), (1024, "gzip"), (65536, "none")])
-def test_round_trip_sizes_and_codecs(broker: BrokerProcess, transport: str, size_bytes: int, codec: str) -> None:
+@pytest.mark.parametrize(
+    ("size_bytes", "codec"),
+    [
+        (1, "none"),
+        (100, "none"),
+        (100, "lz4"),
+        (1024, "zstd"),
+        (1024, "snappy"),
+        (1024, "gzip"),
+        (65536, "none"),
+    ],
+)
+def test_round_trip_sizes_and_codecs(
+    broker: BrokerProcess, transport: str, size_bytes: int, codec: str
+) -> None:
     create(broker, "rt")
     n = 2000 if size_bytes < 65536 else 200
     delivered: list = []
-    producer = Producer({"bootstrap.servers": broker.address, "compression.type": codec,
-                         "shmbroker.transport": transport, "linger.ms": 1})
+    producer = Producer(
+        {
+            "bootstrap.servers": broker.address,
+            "compression.type": codec,
+            "shmbroker.transport": transport,
+            "linger.ms": 1,
+        }
+    )
     values = [os.urandom(size_bytes) for _ in range(n)]
     for i, v in enumerate(values):
-        producer.produce("rt", v, key=str(i).encode(), partition=0, headers=[("i", str(i).encode())] if i % 7 == 0 else None,
-                         on_delivery=lambda err, msg: delivered.append((err, msg.offset())))
+        producer.produce(
+            "rt",
+            v,
+            key=str(i).encode(),
+            partition=0,
+            headers=[("i", str(i).encode())] if i % 7 == 0 else None,
+            on_delivery=lambda err, msg: delivered.append((err, msg.offset())),
+        )
         if i % 500 == 0:
             producer.poll(0)
     assert producer.flush(30) == 0
@@ -104,7 +135,9 @@ def test_batch_api_and_columnar_consume(broker: BrokerProcess) -> None:
     rows = np.random.default_rng(1).integers(0, 256, size=(50_000, 100), dtype=np.uint8)
     outcomes: list = []
     producer = Producer({"bootstrap.servers": broker.address})
-    assert producer.produce_batch("cols", rows, partition=0, on_delivery=lambda *a: outcomes.append(a)) == len(rows)
+    assert producer.produce_batch(
+        "cols", rows, partition=0, on_delivery=lambda *a: outcomes.append(a)
+    ) == len(rows)
     assert producer.flush(30) == 0
     producer.close()
     assert all(err is None for err, *_ in outcomes)
@@ -152,8 +185,13 @@ def test_bad_input_gets_typed_errors_and_the_broker_keeps_serving(broker: Broker
             next(iter(futures.values())).result()
         assert info.value.args[0].code() == KafkaError.TOPIC_EXCEPTION
     # Nothing was created for the refused names: only the broker's own files are there.
-    assert set(os.listdir(broker.data_dir)) <= {".lock", ".shm-registry", ".runtime-dir", "topics.json",
-                                                "__consumer_offsets"}
+    assert set(os.listdir(broker.data_dir)) <= {
+        ".lock",
+        ".shm-registry",
+        ".runtime-dir",
+        "topics.json",
+        "__consumer_offsets",
+    }
     with pytest.raises(KafkaException):
         admin.create_topics([NewTopic("ok", 0)])["ok"].result()
     create(broker, "ok")
@@ -179,9 +217,9 @@ def test_bad_input_gets_typed_errors_and_the_broker_keeps_serving(broker: Broker
 
 def test_corrupt_batch_in_a_lane_is_refused_and_counted(broker: BrokerProcess) -> None:
     """A producer that writes a batch with a bad CRC into its lane gets CORRUPT_MESSAGE back."""
-    from shmbroker.client.transport import TransportFactory
-    from shmbroker.client.config import CommonConfig
     from shmbroker import records
+    from shmbroker.client.config import CommonConfig
+    from shmbroker.client.transport import TransportFactory
 
     create(broker, "crc")
     factory = TransportFactory(CommonConfig(broker.address, "shm", 5000))
@@ -219,11 +257,15 @@ def test_lane_full_gives_buffer_error_and_flush_waits_bounded(broker: BrokerProc
     worker = broker.worker_pid("full", 0)
     os.kill(worker, signal.SIGSTOP)  # the worker stops draining: the lane fills
     try:
-        producer = Producer({"bootstrap.servers": broker.address, "queue.buffering.max.messages": 20000,
-                             "linger.ms": 0})
-        with pytest.raises(BufferError):
+        producer = Producer(
+            {"bootstrap.servers": broker.address, "queue.buffering.max.messages": 20000, "linger.ms": 0}
+        )
+        def fill() -> None:
             for _ in range(100_000):
                 producer.produce("full", b"x" * 100, partition=0)
+
+        with pytest.raises(BufferError):
+            fill()
         started = time.monotonic()
         left = producer.flush(0.5)
         assert left > 0
@@ -283,7 +325,9 @@ def test_sigkilled_worker_loses_no_acked_record(broker: BrokerProcess) -> None:
     assert len(values) == len(set(values))
     assert len(acked) + failed == sent
     # A record reported failed must not be stored either (else a retry would duplicate it).
-    assert len(got) == len(acked), f"{len(got) - len(acked)} records stored but reported failed ({failed} failed: {reasons})"
+    assert len(got) == len(acked), (
+        f"{len(got) - len(acked)} records stored but reported failed ({failed} failed: {reasons})"
+    )
 
 
 def test_producer_killed_mid_write_wedges_nobody(broker: BrokerProcess, tmp_path: Path) -> None:
@@ -331,7 +375,9 @@ def test_producer_killed_mid_write_wedges_nobody(broker: BrokerProcess, tmp_path
     assert row["lanes"] == 0
 
 
-def test_clean_shutdown_removes_every_shm_block_and_blocks_are_private(tmp_path: Path, free_port: int) -> None:
+def test_clean_shutdown_removes_every_shm_block_and_blocks_are_private(
+    tmp_path: Path, free_port: int
+) -> None:
     broker = BrokerProcess(tmp_path / "data", free_port).start()
     try:
         create(broker, "s", partitions=3)
@@ -355,15 +401,27 @@ def test_clean_shutdown_removes_every_shm_block_and_blocks_are_private(tmp_path:
 
 def test_second_broker_on_the_same_data_dir_refuses(broker: BrokerProcess, free_port: int) -> None:
     second = subprocess.run(
-        [sys.executable, "-m", "shmbroker", "serve", "--data-dir", str(broker.data_dir),
-         "--listen", f"tcp://127.0.0.1:{free_port}"],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "shmbroker",
+            "serve",
+            "--data-dir",
+            str(broker.data_dir),
+            "--listen",
+            f"tcp://127.0.0.1:{free_port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert second.returncode == 1
     assert "in use by another broker" in second.stderr
 
 
-def test_restart_keeps_data_and_stale_shm_of_a_killed_broker_is_removed(tmp_path: Path, free_port: int) -> None:
+def test_restart_keeps_data_and_stale_shm_of_a_killed_broker_is_removed(
+    tmp_path: Path, free_port: int
+) -> None:
     broker = BrokerProcess(tmp_path / "data", free_port).start()
     create(broker, "keep")
     producer = Producer({"bootstrap.servers": broker.address})
@@ -404,10 +462,13 @@ def test_sixteen_partitions_ready_fast(tmp_path: Path, free_port: int) -> None:
 def test_every_acks_level_delivers(broker: BrokerProcess, transport: str, acks: str) -> None:
     create(broker, "acks")
     results: list = []
-    producer = Producer({"bootstrap.servers": broker.address, "acks": acks, "shmbroker.transport": transport,
-                         "linger.ms": 2})
+    producer = Producer(
+        {"bootstrap.servers": broker.address, "acks": acks, "shmbroker.transport": transport, "linger.ms": 2}
+    )
     for i in range(500):
-        producer.produce("acks", str(i).encode(), partition=0, on_delivery=lambda e, m: results.append((e, m.offset())))
+        producer.produce(
+            "acks", str(i).encode(), partition=0, on_delivery=lambda e, m: results.append((e, m.offset()))
+        )
     # poll() alone must seal lingering batches and deliver them (no flush).
     deadline = time.monotonic() + 20
     while len(results) < 500 and time.monotonic() < deadline:

@@ -47,7 +47,18 @@ def test_error_reply_carries_the_typed_error() -> None:
         ([HEADER.pack(1, 1, 0, 1), b" " * (protocol.MAX_BODY_BYTES + 1)], "body of"),
         ([HEADER.pack(1, 8, 0, 1), b"{}", *([b""] * (protocol.MAX_DATA_FRAMES + 1))], "data frames"),
     ],
-    ids=["empty", "one-frame", "short-header", "version", "api", "json", "list", "utf8", "big-body", "frames"],
+    ids=[
+        "empty",
+        "one-frame",
+        "short-header",
+        "version",
+        "api",
+        "json",
+        "list",
+        "utf8",
+        "big-body",
+        "frames",
+    ],
 )
 def test_malformed_messages_raise_remote_protocol_error(frames: list[bytes], match: str) -> None:
     with pytest.raises(RemoteProtocolError, match=match):
