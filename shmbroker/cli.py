@@ -243,7 +243,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{p['role']:<34} {p['pid']:>6} {p.get('cpu_percent', 0):>6.1f} {p.get('rss_bytes', 0) / 2**20:>9.1f}"
             f" {p.get('uss_bytes', 0) / 2**20:>10.1f}"
         )
-    print("partition                  state     start        end   high_wm   records_in  errors  lanes   records/s")
+    print(
+        "partition                  state     start        end   high_wm   records_in  errors  lanes   records/s"
+    )
     for r in status["partitions"]:
         name = f"{r['topic']}-{r['partition']}"
         rate = r.get("records_per_s")
@@ -253,6 +255,179 @@ def cmd_status(args: argparse.Namespace) -> int:
             f" {'' if rate is None else f'{rate:>11,.0f}'}"
         )
     return 0
+
+
+# -- consumer groups (like kafka-consumer-groups) ------------------------------------------------------
+def _group_call(conn: Any, api_name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One group request, retrying COORDINATOR_NOT_AVAILABLE (the coordinator restarting) for ~10 s."""
+    from shmbroker.errors import CoordinatorNotAvailableError
+    from shmbroker.net.protocol import ApiKey
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return dict(conn.call(ApiKey[api_name], body).body)
+        except CoordinatorNotAvailableError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _end_offsets(conn: Any, topic: str, partition: int, timestamp: int = -1) -> dict[str, Any]:
+    from shmbroker.net.protocol import ApiKey
+
+    body = {"topic": topic, "partition": partition, "timestamp": timestamp}
+    return dict(conn.call(ApiKey.LIST_OFFSETS, body).body)
+
+
+def describe_group(conn: Any, group_id: str) -> dict[str, Any]:
+    """The group, its members and, per partition, committed offset, log end (high watermark) and lag."""
+    desc = _group_call(conn, "DESCRIBE_GROUP", {"group_id": group_id})
+    committed = {
+        (t, p): o
+        for t, p, o, _m in _group_call(conn, "OFFSET_FETCH", {"group_id": group_id, "partitions": None})[
+            "offsets"
+        ]
+    }
+    owner = {(t, p): m["member_id"] for m in desc.get("members", []) for t, p in m["assignment"]}
+    rows = []
+    for topic, partition in sorted(committed.keys() | owner.keys()):
+        end = int(_end_offsets(conn, topic, partition)["high_watermark"])
+        offset = committed.get((topic, partition), -1)
+        rows.append(
+            {
+                "topic": topic,
+                "partition": partition,
+                "committed_offset": offset if offset >= 0 else None,
+                "log_end_offset": end,
+                "lag": end - offset if offset >= 0 else None,
+                "member_id": owner.get((topic, partition)),
+            }
+        )
+    return {
+        **{k: desc.get(k) for k in ("group_id", "state", "protocol_name", "generation_id", "leader_id")},
+        "members": desc.get("members", []),
+        "partitions": rows,
+    }
+
+
+def reset_plan(conn: Any, args: argparse.Namespace, partitions: int) -> list[tuple[int, int, int]]:
+    """[(partition, current committed or -1, new offset)] for every partition of ``args.topic``."""
+    from datetime import datetime
+
+    committed = {
+        (t, p): o
+        for t, p, o, _m in _group_call(conn, "OFFSET_FETCH", {"group_id": args.group, "partitions": None})[
+            "offsets"
+        ]
+    }
+    plan = []
+    for p in range(partitions):
+        info = _end_offsets(conn, args.topic, p)
+        start, end = int(info["log_start_offset"]), int(info["high_watermark"])
+        if args.to_earliest:
+            new = start
+        elif args.to_latest:
+            new = end
+        elif args.to_offset is not None:
+            new = min(max(args.to_offset, start), end)
+        else:
+            stamp = datetime.fromisoformat(args.to_datetime.replace("Z", "+00:00"))
+            found = int(_end_offsets(conn, args.topic, p, int(stamp.timestamp() * 1000)).get("offset", -1))
+            new = end if found < 0 else found
+        plan.append((p, committed.get((args.topic, p), -1), new))
+    return plan
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    from shmbroker import AdminClient
+    from shmbroker.client.connection import Connection, bootstrap_address
+
+    conn = Connection(bootstrap_address({"bootstrap.servers": args.bootstrap}), request_timeout_s=10)
+    try:
+        if args.action == "list":
+            groups = _group_call(conn, "LIST_GROUPS", {})["groups"]
+            if args.json:
+                print(json.dumps(groups, indent=1))
+            for g in [] if args.json else groups:
+                print(f"{g['group_id']}\t{g['state']}\t{g.get('members', '')}".rstrip())
+            return 0
+        if not args.group:
+            print("error: give a GROUP", file=sys.stderr)
+            return 2
+        if args.action == "describe":
+            info = describe_group(conn, args.group)
+            if args.json:
+                print(json.dumps(info, indent=1))
+                return 0
+            print(
+                f"group {info['group_id']}: {info['state']}, protocol {info['protocol_name'] or '-'}, "
+                f"generation {info['generation_id']}, {len(info['members'])} members"
+            )
+            for m in info["members"]:
+                parts = ",".join(f"{t}-{p}" for t, p in m["assignment"]) or "-"
+                print(
+                    f"  member {m['member_id']} (client {m['client_id']}, "
+                    f"instance {m['group_instance_id'] or '-'}): {parts}"
+                )
+            print(
+                f"{'TOPIC':<24} {'PARTITION':>9} {'CURRENT-OFFSET':>15} {'LOG-END-OFFSET':>15} "
+                f"{'LAG':>10}  MEMBER"
+            )
+            for r in info["partitions"]:
+                print(
+                    f"{r['topic']:<24} {r['partition']:>9} {_dash(r['committed_offset']):>15} "
+                    f"{r['log_end_offset']:>15}"
+                    f" {_dash(r['lag']):>10}  {r['member_id'] or '-'}"
+                )
+            return 0
+        if args.action == "delete":
+            _group_call(conn, "DELETE_GROUP", {"group_id": args.group})
+            print(f"deleted group {args.group}")
+            return 0
+        # reset-offsets
+        if (
+            not args.topic
+            or sum(
+                bool(x)
+                for x in (args.to_earliest, args.to_latest, args.to_offset is not None, args.to_datetime)
+            )
+            != 1
+        ):
+            print(
+                "error: reset-offsets needs --topic and one of "
+                "--to-earliest/--to-latest/--to-offset/--to-datetime",
+                file=sys.stderr,
+            )
+            return 2
+        admin = AdminClient({"bootstrap.servers": args.bootstrap})
+        try:
+            meta = admin.list_topics(args.topic).topics[args.topic]
+        finally:
+            admin.close()
+        if meta.error is not None:
+            print(f"error: {meta.error.str()}", file=sys.stderr)
+            return 1
+        plan = reset_plan(conn, args, len(meta.partitions))
+        print(f"{'TOPIC':<24} {'PARTITION':>9} {'CURRENT-OFFSET':>15} {'NEW-OFFSET':>11}")
+        for p, old, new in plan:
+            print(f"{args.topic:<24} {p:>9} {old if old >= 0 else '-':>15} {new:>11}")
+        if not args.execute:
+            print("(plan only: add --execute to apply it; the group must have no active members)")
+            return 0
+        _group_call(
+            conn,
+            "RESET_OFFSETS",
+            {"group_id": args.group, "offsets": [[args.topic, p, n] for p, _o, n in plan]},
+        )
+        print(f"reset {len(plan)} offsets of group {args.group}")
+        return 0
+    finally:
+        conn.close()
 
 
 def cmd_dump_log(args: argparse.Namespace, rest: list[str]) -> int:
@@ -337,6 +512,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-s", type=float, default=1.0, help="sampling interval for CPU%% and rates")
     client(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("groups", help="consumer groups: list, describe (lag), reset-offsets, delete")
+    p.add_argument("action", choices=("list", "describe", "reset-offsets", "delete"))
+    p.add_argument("group", nargs="?")
+    p.add_argument("--topic", default=None)
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--to-earliest", action="store_true")
+    how.add_argument("--to-latest", action="store_true")
+    how.add_argument("--to-offset", type=int, default=None)
+    how.add_argument("--to-datetime", default=None, help="ISO 8601, e.g. 2026-01-31T12:00:00Z")
+    p.add_argument("--execute", action="store_true", help="apply the reset (without it, only print the plan)")
+    p.add_argument("--json", action="store_true")
+    client(p)
+    p.set_defaults(func=cmd_groups)
 
     p = sub.add_parser(
         "dump-log", help="print the batches of segment files (like kafka-dump-log)", add_help=False

@@ -8,7 +8,7 @@ records below the position (a batch may start before it) are skipped.
 
 ``consume_columnar`` is the fast path: whole batches as columns (numpy offsets, one data buffer)
 without a Python object per record. Consumer groups (``subscribe``, ``commit``, ``committed``) live
-in ``GroupMixin`` (subscription.py); assigned partitions are read the same way whichever way they
+in ``GroupMixin`` (group_consumer.py); assigned partitions are read the same way whichever way they
 were assigned. Not thread-safe (the group's heartbeat thread is the consumer's own business).
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from shmbroker import records
 from shmbroker.client.config import ConsumerConfig
-from shmbroker.client.subscription import GroupMixin
+from shmbroker.client.group_consumer import GroupMixin
 from shmbroker.client.transport import TransportFactory
 from shmbroker.client.types import (
     OFFSET_BEGINNING,
@@ -288,7 +288,8 @@ class Consumer(GroupMixin):
         if self._transports.local:
             out = []
             for part in active:
-                assert part.control is not None and part.reader is not None
+                assert part.control is not None
+                assert part.reader is not None
                 _start, hw = part.control.offsets()
                 if part.position < hw:
                     try:

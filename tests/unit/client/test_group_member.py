@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from shmbroker.client.group import (
+from shmbroker.client.group import GroupMember
+from shmbroker.client.group_events import (
     MAX_POLL_EXCEEDED,
     Assigned,
     CommitDone,
     GroupError,
-    GroupMember,
     GroupSettings,
     Lost,
     MemberState,
@@ -76,7 +76,9 @@ def stable_member(
     conn.reply(ApiKey.SYNC_GROUP, assignment=assignment if assignment is not None else [["t", 0], ["t", 1]])
     events = member.step(0.3)
     assert member.state is MemberState.STABLE
-    assert events == [Assigned(tuple((t, p) for t, p in assignment or [["t", 0], ["t", 1]]), protocol != "range")]
+    assert events == [
+        Assigned(tuple((t, p) for t, p in assignment or [["t", 0], ["t", 1]]), protocol != "range")
+    ]
     return member, conn
 
 
@@ -278,3 +280,63 @@ def test_leave_sends_leave_group_for_dynamic_members_only() -> None:
     member, conn = stable_member(static)
     member.leave(1.0, lambda: 5.0)
     assert conn.count(ApiKey.LEAVE_GROUP) == 0
+
+
+def test_consumer_config_takes_the_group_keys_with_librdkafka_defaults() -> None:
+    from shmbroker.client.config import ConsumerConfig
+
+    conf = ConsumerConfig.from_dict({"group.id": "g"})
+    assert (conf.session_timeout_ms, conf.heartbeat_interval_ms, conf.max_poll_interval_ms) == (
+        45000,
+        3000,
+        300000,
+    )
+    assert conf.assignment_strategies == ("range", "roundrobin")
+    assert (conf.enable_auto_commit, conf.auto_commit_interval_ms, conf.enable_auto_offset_store) == (
+        True,
+        5000,
+        True,
+    )
+    conf = ConsumerConfig.from_dict({
+        "group.id": "g", "group.instance.id": "i-1", "partition.assignment.strategy": "roundrobin, range",
+        "enable.auto.commit": False, "enable.auto.offset.store": "false", "client.id": "me"})  # fmt: skip
+    assert conf.assignment_strategies == ("roundrobin", "range")
+    assert (conf.group_instance_id, conf.client_id, conf.enable_auto_commit) == ("i-1", "me", False)
+    assert conf.enable_auto_offset_store is False
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"partition.assignment.strategy": "sticky"},
+        {"partition.assignment.strategy": "cooperative-sticky,range"},
+        {"session.timeout.ms": 60000, "max.poll.interval.ms": 30000},
+        {"heartbeat.interval.ms": 0},
+    ],
+)
+def test_consumer_config_refuses_group_values_librdkafka_refuses(bad: dict[str, Any]) -> None:
+    from shmbroker import KafkaError, KafkaException
+    from shmbroker.client.config import ConsumerConfig
+
+    with pytest.raises(KafkaException) as info:
+        ConsumerConfig.from_dict({"group.id": "g", **bad})
+    assert info.value.args[0].code() == KafkaError._INVALID_ARG
+
+
+def test_producer_and_admin_ignore_consumer_group_keys() -> None:
+    from shmbroker.client.config import AdminConfig, ProducerConfig
+
+    ProducerConfig.from_dict({"group.id": "g", "session.timeout.ms": 6000, "enable.auto.commit": True})
+    AdminConfig.from_dict({"group.id": "g", "max.poll.interval.ms": 6000})
+
+
+def test_a_rejoining_cooperative_member_commits_in_the_generation_it_holds_partitions_in() -> None:
+    settings = GroupSettings("g", client_id="c", session_timeout_ms=6000, strategies=("cooperative-sticky",))
+    member, conn = stable_member(settings, [["t", 0]], protocol="cooperative-sticky")
+    member.step(3.4)
+    conn.reply(ApiKey.HEARTBEAT, error_code=27)
+    member.step(3.5)
+    assert member.state is MemberState.JOINING
+    member.commit({("t", 0): (9, "")}, 3.6, sync=False)
+    body = conn.last(ApiKey.OFFSET_COMMIT)[1]
+    assert (body["member_id"], body["generation_id"]) == ("c-1", 1)
