@@ -113,6 +113,7 @@ class ProducerConfig:
     batch_num_messages: int
     codec: Codec
     max_queued_messages: int
+    max_queued_bytes: int
     message_max_bytes: int
     message_timeout_ms: int
     allow_auto_create: bool
@@ -141,6 +142,7 @@ class ProducerConfig:
             batch_num_messages=_int(conf, "batch.num.messages", 10000, 1, 1000000),
             codec=CODECS[codec_name],
             max_queued_messages=_int(conf, "queue.buffering.max.messages", 100000, 1, 2147483647),
+            max_queued_bytes=1024 * _int(conf, "queue.buffering.max.kbytes", 1048576, 1, 2147483647),
             message_max_bytes=_int(conf, "message.max.bytes", 1000000, 1000, 1000000000),
             message_timeout_ms=_int(
                 conf,
@@ -152,7 +154,6 @@ class ProducerConfig:
             allow_auto_create=str(conf.pop("allow.auto.create.topics", "true")).lower() == "true",
             on_delivery=on_delivery,
         )
-        conf.pop("queue.buffering.max.kbytes", None)
         _reject_unknown(conf, also_ignore=GROUP_KEYS)
         return result
 

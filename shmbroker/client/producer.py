@@ -80,6 +80,8 @@ class Producer:
         self._closed = False
         # Copies of settings the fast path of produce() reads (one attribute load each).
         self._max_queued = self._config.max_queued_messages
+        self._max_queued_bytes = self._config.max_queued_bytes
+        self._queued_bytes = 0  # bytes of sealed batches not yet delivered: memory stays bounded
         self._batch_num_messages = self._config.batch_num_messages
         if self._config.on_delivery is not None:  # a default callback: every record takes _produce
             self._max_queued = -1
@@ -107,6 +109,7 @@ class Producer:
             and not timestamp
             and value.__class__ is bytes
             and self._undelivered < self._max_queued
+            and self._queued_bytes < self._max_queued_bytes
         ):
             part = self._partitions.get((topic, partition))
             if part is not None and part.fast and part.count:
@@ -132,10 +135,12 @@ class Producer:
         timestamp: int,
         headers: Any,
     ) -> None:
-        if self._undelivered >= self._config.max_queued_messages:
+        if self._undelivered >= self._config.max_queued_messages or self._queued_bytes >= self._max_queued_bytes:
             self.poll(0)
             if self._undelivered >= self._config.max_queued_messages:
                 raise BufferError("Local: Queue full")
+            if self._queued_bytes >= self._max_queued_bytes:
+                raise BufferError("Local: Queue full (queue.buffering.max.kbytes)")
         if value.__class__ is not bytes and value is not None:
             value = value.encode() if isinstance(value, str) else bytes(value)
         if key is not None and key.__class__ is not bytes:
@@ -208,6 +213,10 @@ class Producer:
         n = len(values)
         if n == 0:
             return 0
+        if self._queued_bytes >= self._max_queued_bytes or self._undelivered >= self._config.max_queued_messages:
+            self.poll(0)
+            if self._queued_bytes >= self._max_queued_bytes or self._undelivered >= self._config.max_queued_messages:
+                raise BufferError("Local: Queue full")
         if partition < 0:
             partition = self._choose(topic, None)
         part = self._partitions.get((topic, partition)) or self._open(topic, partition)
@@ -229,6 +238,7 @@ class Producer:
                 base_sequence=sequence & 0x7FFFFFFF,
             )
             part.backlog.append(_Sealed(batch, len(chunk), None, on_delivery, now, sequence))
+            self._queued_bytes += len(batch)
             self._undelivered += len(chunk)
         self._send_backlog(part)
         return n
@@ -330,6 +340,7 @@ class Producer:
                 base_sequence=base_sequence,
             )
         part.backlog.append(_Sealed(batch, part.count, part.callbacks, None, part.opened_s, sequence))
+        self._queued_bytes += len(batch)
         part.builder, part.callbacks, part.values, part.count, part.size_bytes = None, None, [], 0, 0
         part.fast = False
         if part.topic in self._sticky:  # move keyless records on after each batch
@@ -396,6 +407,7 @@ class Producer:
 
     def _deliver(self, part: _Partition, sealed: _Sealed, base_offset: int, error: KafkaError | None) -> int:
         self._undelivered -= sealed.count
+        self._queued_bytes -= len(sealed.batch)
         if sealed.batch_callback is not None:
             sealed.batch_callback(error, part.topic, part.partition, base_offset, sealed.count)
         if sealed.callbacks is None:
