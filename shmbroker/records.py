@@ -864,7 +864,7 @@ class ColumnarRecords:
         return list(map(_new_record, columns))
 
 
-def _read_varint(data: bytes, position: int, end: int, max_bytes: int, what: str) -> tuple[int, int]:
+def _read_varint(data: bytes | memoryview, position: int, end: int, max_bytes: int, what: str) -> tuple[int, int]:
     """Decode the zigzag varint at ``position``; return (value, next position). Exact: raises on damage."""
     raw = shift = 0
     for index in range(position, min(end, position + max_bytes)):
@@ -884,7 +884,7 @@ def _read_varint(data: bytes, position: int, end: int, max_bytes: int, what: str
 RecordFields = tuple[int, int, int, int, int, int, int, "Headers"]
 
 
-def _parse_record(data: bytes, position: int, end: int, index: int) -> RecordFields:
+def _parse_record(data: bytes | memoryview, position: int, end: int, index: int) -> RecordFields:
     """One record at ``position``, byte by byte, every length checked: (next position, timestamp
     delta, offset delta, key start, key length, value start, value length, headers)."""
     record_bytes, position = _read_varint(data, position, end, MAX_VARINT_BYTES, "record length")
@@ -915,14 +915,14 @@ def _parse_record(data: bytes, position: int, end: int, index: int) -> RecordFie
         if length < 0 or length > record_end - position:
             raise CorruptRecordError(f"record {index}: header key length {length} at byte {position}")
         try:
-            header_key = data[position : position + length].decode("utf-8")
+            header_key = str(data[position : position + length], "utf-8")
         except UnicodeDecodeError as exc:
             raise CorruptRecordError(f"record {index}: header key is not utf-8") from exc
         position += length
         length, position = _read_varint(data, position, record_end, MAX_VARINT_BYTES, "header value length")
         if length < -1 or length > record_end - position:
             raise CorruptRecordError(f"record {index}: header value length {length} at byte {position}")
-        headers.append((header_key, None if length < 0 else data[position : position + length]))
+        headers.append((header_key, None if length < 0 else bytes(data[position : position + length])))
         position += max(length, 0)
     if position != record_end:
         raise CorruptRecordError(f"record {index} has {record_end - position} bytes after its headers")
@@ -976,7 +976,15 @@ def decode_rows(
     columnar decoders' fixed numpy cost (~50 us a batch) dominates; same checks as decode_columnar.
     """
     header = check_batch(buf, max_batch_bytes=2**31 - 1) if verify_crc else _check_whole(buf)
-    data = _records_block(buf, header, max_uncompressed_bytes=max_uncompressed_bytes)
+    data: bytes | memoryview
+    if header.attributes & CODEC_MASK == Codec.NONE:
+        # Slice keys and values straight out of the caller's buffer (often a read-only mmap of a
+        # segment): one copy per value instead of two (64-KiB records: 0.7 -> 1.1+ GB/s).
+        data = memoryview(buf)[HEADER_BYTES : header.size_bytes]
+        if header.records_count > len(data) // MIN_RECORD_BYTES:
+            raise CorruptRecordError(f"records_count {header.records_count} cannot fit in {len(data)} bytes")
+    else:
+        data = _records_block(buf, header, max_uncompressed_bytes=max_uncompressed_bytes)
     end, position = len(data), 0
     base_offset, base_ts = header.base_offset, header.base_timestamp_ms
     log_append = header.attributes & TIMESTAMP_TYPE_BIT
@@ -990,8 +998,8 @@ def decode_rows(
         rows.append((
             base_offset + off_delta,
             header.max_timestamp_ms if log_append else base_ts + ts_delta,
-            None if key_length < 0 else data[key_start : key_start + key_length],
-            None if value_length < 0 else data[value_start : value_start + value_length],
+            None if key_length < 0 else bytes(data[key_start : key_start + key_length]),
+            None if value_length < 0 else bytes(data[value_start : value_start + value_length]),
             headers,
         ))  # fmt: skip
     if position != end:

@@ -41,6 +41,7 @@ class _MappedSegment:
         self.index_path = directory / segment_name(base_offset, INDEX_SUFFIX)
         self._map: mmap.mmap | None = None
         self.mapped_bytes = 0
+        self.index_loaded = False  # True once a sealed segment's whole index was read
         self.offsets = np.empty(0, dtype=np.uint32)  # relative offsets of indexed batch starts
         self.positions = np.empty(0, dtype=np.uint32)
 
@@ -157,8 +158,11 @@ class LogReader:
             segment = self._segments[self._bases[i]]
             next_base = self._bases[i + 1] if i + 1 < len(self._bases) else upto_offset
             limit = min(upto_offset, next_base)
-            if i == len(self._bases) - 1:
+            if i == len(self._bases) - 1 or not segment.index_loaded:
+                # The active segment's index grows; a sealed one's is read once. (Without it a read
+                # walked every batch header from the segment start: quadratic over a segment.)
                 segment.refresh_index()
+                segment.index_loaded = i < len(self._bases) - 1
             try:
                 found = segment.read(offset, max_bytes, limit) if offset < limit else None
             except FileNotFoundError as exc:
