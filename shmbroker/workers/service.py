@@ -577,6 +577,7 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+    started = time.monotonic()
     try:
         service.start()  # fork server and workers first: no socket of ours leaks into them
         socket.bind(config.listeners)
@@ -585,7 +586,6 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
         relay.connect(service.supervisor.coordinator_endpoint)
         service.relay = relay
         service.send_topics()
-        started = time.monotonic()
         deadline = started + 30
         while not service.supervisor.all_ready() and time.monotonic() < deadline and not stop.is_set():
             time.sleep(0.002)

@@ -104,11 +104,19 @@ def describe(broker: BrokerProcess, group: str) -> dict[str, Any]:
 class Child:
     """One consumer process and its log."""
 
-    def __init__(self, broker: BrokerProcess, topic: str, group: str, log: Path, instance: str = "-") -> None:
+    def __init__(
+        self,
+        broker: BrokerProcess,
+        topic: str,
+        group: str,
+        log: Path,
+        instance: str = "-",
+        transport: str = "auto",
+    ) -> None:
         self.log = log
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.integration.test_groups", "child", broker.address, topic, group,
-             str(log), instance],
+             str(log), instance, transport],
             cwd=Path(__file__).resolve().parents[2],
         )  # fmt: skip
 
@@ -155,8 +163,13 @@ def children() -> Iterator[list[Child]]:
         child.stop(signal.SIGKILL)
 
 
-def child_main(address: str, topic: str, group: str, log_path: str, instance: str) -> None:
-    conf: dict[str, Any] = {"bootstrap.servers": address, "group.id": group, **FAST}
+def child_main(address: str, topic: str, group: str, log_path: str, instance: str, transport: str) -> None:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": address,
+        "group.id": group,
+        "shmbroker.transport": transport,
+        **FAST,
+    }
     if instance != "-":
         conf["group.instance.id"] = instance
     stop = threading.Event()
@@ -178,12 +191,15 @@ def child_main(address: str, topic: str, group: str, log_path: str, instance: st
 
 
 # -- tests ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("transport", ["shm", "zmq"])
 def test_three_consumer_processes_read_every_record_exactly_once(
-    broker: BrokerProcess, tmp_path: Path, children: list[Child]
+    broker: BrokerProcess, tmp_path: Path, children: list[Child], transport: str
 ) -> None:
     create(broker, "ex", 6)
     produce(broker, "ex", 6, 3000)
-    children.extend(Child(broker, "ex", "g-ex", tmp_path / f"c{i}.log") for i in range(3))
+    children.extend(
+        Child(broker, "ex", "g-ex", tmp_path / f"c{i}.log", transport=transport) for i in range(3)
+    )
     wait_for(lambda: all((a := c.assignment()) and len(a[1]) == 2 for c in children), 30, "2 partitions each")
     produce(broker, "ex", 6, 3000)
     wait_for(lambda: len({(p, o) for c in children for _t, p, o in c.records()}) >= 6000, 30, "6000 records")
@@ -209,6 +225,35 @@ def test_each_assignor_balances_six_partitions_over_three_members(
         info = describe(broker, f"g-{strategy}")
         assert info["protocol_name"] == strategy
         assert sorted(len(m["assignment"]) for m in info["members"]) == [2, 2, 2]
+    finally:
+        for c in consumers:
+            c.close()
+
+
+def test_cooperative_newcomer_moves_only_what_it_takes(broker: BrokerProcess) -> None:
+    create(broker, "coop", 6)
+    produce(broker, "coop", 6, 600)
+    conf = {"partition.assignment.strategy": "cooperative-sticky"}
+    revoked: dict[int, list[int]] = {0: [], 1: [], 2: []}
+
+    def on_revoke(i: int) -> Callable[[Consumer, list[TopicPartition]], None]:
+        return lambda _c, parts: revoked[i].extend(tp.partition for tp in parts)
+
+    consumers = [consumer(broker, "g-coop", **conf) for _ in range(2)]
+    try:
+        for i, c in enumerate(consumers):
+            c.subscribe(["coop"], on_revoke=on_revoke(i))
+        wait_for(lambda: balanced(consumers, 6), 30, "3 partitions each", pump(consumers))
+        before = [{tp.partition for tp in c.assignment()} for c in consumers]
+        consumers.append(consumer(broker, "g-coop", **conf))
+        consumers[2].subscribe(["coop"], on_revoke=on_revoke(2))
+        wait_for(lambda: balanced(consumers, 6), 30, "2 partitions each", pump(consumers))
+        after = [{tp.partition for tp in c.assignment()} for c in consumers]
+        for i in range(2):
+            assert sorted(revoked[i]) == sorted(before[i] - after[i]), "only moved partitions are revoked"
+            assert len(before[i] - after[i]) == 1
+        assert after[2] == (before[0] - after[0]) | (before[1] - after[1])
+        assert describe(broker, "g-coop")["protocol_name"] == "cooperative-sticky"
     finally:
         for c in consumers:
             c.close()
@@ -410,4 +455,4 @@ def test_groups_describe_lag_is_end_minus_committed_and_reset_needs_execute(brok
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
-    child_main(*sys.argv[2:7])
+    child_main(*sys.argv[2:8])
