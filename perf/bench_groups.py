@@ -137,7 +137,13 @@ def fill(address: str, records: int) -> None:
     )
     producer = Producer({"bootstrap.servers": address})
     for p in range(PARTITIONS):
-        producer.produce_batch(TOPIC, rows, partition=p)
+        for start in range(0, len(rows), 50_000):
+            while True:
+                try:
+                    producer.produce_batch(TOPIC, rows[start : start + 50_000], partition=p)
+                    break
+                except BufferError:  # the producer's queue is full: let deliveries drain it
+                    producer.poll(0.1)
     if producer.flush(120):
         raise RuntimeError("records not delivered")
     producer.close()

@@ -38,7 +38,7 @@ from shmbroker.client.types import (
     TopicPartition,
 )
 from shmbroker.disk.reader import LogReader
-from shmbroker.errors import BrokerError, OffsetOutOfRangeError
+from shmbroker.errors import BrokenError, BrokerError, OffsetOutOfRangeError
 from shmbroker.net.protocol import ApiKey
 from shmbroker.ring.control import ControlReader
 
@@ -54,6 +54,17 @@ class _Assigned:
         self.reader: LogReader | None = None
         self.control: ControlReader | None = None
         self.paused = False
+
+
+def _high_watermark(part: _Assigned) -> int:
+    """The partition's high watermark from its control block; -1 (nothing to read now) while the
+    block stays mid-update (its worker preempted on a loaded host, or restarting): retried next round,
+    instead of failing the application's poll."""
+    assert part.control is not None
+    try:
+        return part.control.offsets()[1]
+    except BrokenError:
+        return -1
 
 
 class Consumer(GroupMixin):
@@ -290,7 +301,7 @@ class Consumer(GroupMixin):
             for part in active:
                 assert part.control is not None
                 assert part.reader is not None
-                _start, hw = part.control.offsets()
+                hw = _high_watermark(part)
                 if part.position < hw:
                     try:
                         view = part.reader.read(
@@ -357,10 +368,10 @@ class Consumer(GroupMixin):
         if not self._transports.local:
             return True  # the FETCH long-poll did the waiting
         spin_until = now + SPIN_S
-        marks = {id(p): p.control.offsets()[1] for p in self._assigned.values() if p.control is not None}
+        marks = {id(p): _high_watermark(p) for p in self._assigned.values() if p.control is not None}
         while True:
             for p in self._assigned.values():
-                if p.control is not None and p.control.offsets()[1] != marks.get(id(p)):
+                if p.control is not None and _high_watermark(p) != marks.get(id(p)):
                     return True
             now = time.monotonic()
             if deadline is not None and now >= deadline:

@@ -220,6 +220,7 @@ class ControlReader:
         self._buf = region
         self._seq_cell = seq_cell(region)
         self._block: SharedBlock | None = None
+        self._last_offsets: tuple[int, int] | None = None
 
     @classmethod
     def attach(cls, name: str) -> ControlReader:
@@ -254,9 +255,21 @@ class ControlReader:
             os.sched_yield()
 
     def offsets(self) -> tuple[int, int]:
-        """``(log_end_offset, high_watermark)``, a consistent pair."""
-        snapshot = self.read()
-        return snapshot.log_end_offset, snapshot.high_watermark
+        """``(log_end_offset, high_watermark)``, a consistent pair.
+
+        If the writer stays mid-update past the read deadline (descheduled on a loaded host, or
+        killed there: its successor resets the seqlock), the last pair read is returned: a reader
+        then sees no progress for a moment, never a torn value and never an error. BrokenError
+        only if no pair was ever read.
+        """
+        try:
+            snapshot = self.read()
+        except BrokenError:
+            if self._last_offsets is None:
+                raise
+            return self._last_offsets
+        self._last_offsets = (snapshot.log_end_offset, snapshot.high_watermark)
+        return self._last_offsets
 
     @property
     def worker_sleeping(self) -> bool:
