@@ -33,7 +33,7 @@ import posix_ipc
 import psutil
 
 from shmbroker.config import BrokerConfig
-from shmbroker.errors import LockedError
+from shmbroker.errors import BrokenError, LockedError
 from shmbroker.ring.block import new_name
 from shmbroker.ring.control import ControlBlock, ControlReader, WorkerState, create_control
 from shmbroker.ring.lane import LaneBlock, create_lane
@@ -225,11 +225,7 @@ class Supervisor:
         slot.control.unlink()
 
     def all_ready(self, topic: str | None = None) -> bool:
-        return all(
-            s.failed or s.reader().read().state == WorkerState.READY
-            for s in self.slots.values()
-            if topic is None or s.topic == topic
-        )
+        return all(s.failed or _is_ready(s) for s in self.slots.values() if topic is None or s.topic == topic)
 
     def watch(self, now: float) -> None:
         """Restart crashed children with backoff; give up on a crash loop; reclaim dead producers' lanes."""
@@ -330,6 +326,13 @@ class Supervisor:
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         self._registry.write_text("")
         os.close(self._lock_fd)
+
+
+def _is_ready(slot: PartitionSlot) -> bool:
+    try:
+        return bool(slot.reader().read().state == WorkerState.READY)
+    except BrokenError:  # its worker is mid-update (or died there): not ready yet
+        return False
 
 
 def _create_time(pid: int) -> float:
