@@ -442,6 +442,14 @@ def cmd_recover_log(args: argparse.Namespace, rest: list[str]) -> int:
     return dumplog.recover_main(rest)
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from shmbroker.net.auth import generate_keypair
+
+    public, secret = generate_keypair(args.dir, args.name)
+    print(f"public key {public} (give it to the other side), secret key {secret} (keep it, mode 0600)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shmbroker", description="A Kafka-class log broker for one big host."
@@ -506,6 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-offset", action="store_true")
     client(p)
     p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("keys", help="CURVE key pairs for the listener and its clients")
+    p.add_argument("action", choices=("generate",))
+    p.add_argument("name", help="writes NAME.key (public) and NAME.key_secret (0600)")
+    p.add_argument("--dir", type=Path, default=Path("."), help="where to write them")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("status", help="processes, CPU, memory, per-partition offsets, rates and counters")
     p.add_argument("--json", action="store_true")

@@ -99,6 +99,9 @@ class BrokerConfig:
     num_partitions: int = 1  # num.partitions: for topics created without a count
     auto_create_topics: bool = True  # auto.create.topics.enable
     lane_bytes: int = 8 << 20  # shm lane data bytes per producer and partition
+    request_max_bytes: int = 104857600  # socket.request.max.bytes: ZMQ_MAXMSGSIZE of the listener
+    curve_secret_key_file: str = ""  # listener.curve.secret.key.file: the broker's .key_secret
+    curve_allowed_keys_dir: str = ""  # listener.curve.allowed.keys.dir: client public keys (*.key)
     cpu_affinity: bool = False  # pin partition workers round-robin over the cores
     restart_backoff_ms: int = 200  # first restart delay; doubles per crash up to 5 s
     max_restarts: int = 5  # crashes within restart_window_ms before the supervisor gives up on a child
@@ -111,6 +114,9 @@ BROKER_KEYS: dict[str, tuple[str, type]] = {
     "num.partitions": ("num_partitions", int),
     "auto.create.topics.enable": ("auto_create_topics", bool),
     "shm.lane.bytes": ("lane_bytes", int),
+    "socket.request.max.bytes": ("request_max_bytes", int),
+    "listener.curve.secret.key.file": ("curve_secret_key_file", str),
+    "listener.curve.allowed.keys.dir": ("curve_allowed_keys_dir", str),
     "cpu.affinity": ("cpu_affinity", bool),
     "restart.backoff.ms": ("restart_backoff_ms", int),
     "max.restarts": ("max_restarts", int),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shmbroker.client.config import AdminConfig
-from shmbroker.client.connection import Connection, bootstrap_address
+from shmbroker.client.connection import Connection
 from shmbroker.client.types import KafkaError, KafkaException, NewTopic
 from shmbroker.errors import BrokerError, error_for_code
 from shmbroker.net.protocol import ApiKey, Message
@@ -75,10 +75,7 @@ def _resolved(error: KafkaError | None) -> Future[None]:
 class AdminClient:
     def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self._config = AdminConfig.from_dict({**(config or {}), **kwargs})
-        self._connection = Connection(
-            bootstrap_address({"bootstrap.servers": self._config.common.bootstrap_servers}),
-            request_timeout_s=self._config.common.request_timeout_ms / 1000,
-        )
+        self._connection = Connection.for_config(self._config.common)
 
     def _call(self, api: ApiKey, body: dict[str, Any], timeout: float | None) -> Message:
         try:

@@ -83,6 +83,8 @@ class CommonConfig:
     bootstrap_servers: str
     transport: str
     request_timeout_ms: int
+    curve_server_key_file: str = ""  # shmbroker.curve.server.key.file: the broker's public .key
+    curve_client_key_file: str = ""  # shmbroker.curve.client.key.file: this client's .key_secret
 
     @classmethod
     def pop_from(cls, conf: dict[str, Any]) -> CommonConfig:
@@ -92,7 +94,11 @@ class CommonConfig:
         servers = str(conf.pop("bootstrap.servers", "tcp://127.0.0.1:9093"))
         timeout = _int(conf, "request.timeout.ms", 30000, 1, 900000)
         conf.pop("socket.connection.setup.timeout.ms", None)
-        return cls(servers, transport, timeout)
+        server_key = str(conf.pop("shmbroker.curve.server.key.file", ""))
+        client_key = str(conf.pop("shmbroker.curve.client.key.file", ""))
+        if bool(server_key) != bool(client_key):
+            raise _fail("CURVE needs both shmbroker.curve.server.key.file and shmbroker.curve.client.key.file")
+        return cls(servers, transport, timeout, server_key, client_key)
 
 
 def _reject_unknown(conf: dict[str, Any], *, also_ignore: tuple[str, ...] = ()) -> None:

@@ -13,8 +13,10 @@ from typing import Any
 
 import zmq
 
+from shmbroker.client.config import CommonConfig
 from shmbroker.config import DEFAULT_LISTENER
 from shmbroker.errors import RequestTimedOutError
+from shmbroker.net.auth import apply_client_curve
 from shmbroker.net.protocol import ApiKey, ClientState, Message
 
 
@@ -25,16 +27,29 @@ def bootstrap_address(config: dict[str, Any]) -> str:
 
 
 class Connection:
-    def __init__(self, address: str, *, request_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, address: str, *, request_timeout_s: float = 30.0, curve: tuple[str, str] | None = None
+    ) -> None:
         self.address = address
         self.request_timeout_s = request_timeout_s
         self._context = zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, 0)  # replies are bounded by what we have in flight
+        if curve is not None:
+            apply_client_curve(self._socket, *curve)
         self._socket.connect(address)
         self._state = ClientState()
         self._early: dict[int, Message] = {}
+
+    @classmethod
+    def for_config(cls, common: CommonConfig) -> Connection:
+        """A connection as the client's config says: bootstrap address, request timeout, CURVE keys."""
+        curve = None
+        if common.curve_server_key_file:
+            curve = (common.curve_server_key_file, common.curve_client_key_file)
+        address = bootstrap_address({"bootstrap.servers": common.bootstrap_servers})
+        return cls(address, request_timeout_s=common.request_timeout_ms / 1000, curve=curve)
 
     def send(self, api: ApiKey, body: dict[str, Any], data: list[Any] | None = None) -> int:
         """Send a request; its reply comes from ``receive`` or ``call``. Returns the correlation id."""

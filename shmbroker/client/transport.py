@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shmbroker.client.config import CommonConfig
-from shmbroker.client.connection import Connection, bootstrap_address
+from shmbroker.client.connection import Connection
 from shmbroker.client.types import KafkaError, KafkaException
 from shmbroker.errors import BrokerError, error_for_code
 from shmbroker.net.protocol import ApiKey, Message
@@ -152,10 +152,7 @@ class RemoteTransport:
 class TransportFactory:
     def __init__(self, common: CommonConfig) -> None:
         self.common = common
-        self.connection = Connection(
-            bootstrap_address({"bootstrap.servers": common.bootstrap_servers}),
-            request_timeout_s=common.request_timeout_ms / 1000,
-        )
+        self.connection = Connection.for_config(common)
         self._metadata: Message | None = None
         self._local: bool | None = None
         self.max_message_bytes = 1048588  # the broker's max.message.bytes, from its metadata

@@ -33,12 +33,14 @@ from shmbroker.disk.reader import LogReader
 from shmbroker.errors import (
     BrokerError,
     CoordinatorNotAvailableError,
+    InvalidConfigError,
     InvalidRequestError,
     InvalidRequiredAcksError,
     RemoteProtocolError,
     UnknownTopicOrPartitionError,
 )
 from shmbroker.net import protocol
+from shmbroker.net.auth import CurveServer
 from shmbroker.net.protocol import GROUP_APIS, ApiKey, Message, field_of
 from shmbroker.ring.control import WorkerState
 from shmbroker.ring.lane import LaneProducer
@@ -553,21 +555,32 @@ def _process_row_of(p: psutil.Process, role: str) -> dict[str, Any]:
         return {"role": role, "pid": p.pid, "gone": True}
 
 
-def check_listener(address: str) -> None:
-    """Refuse to listen beyond loopback: there is no authentication yet (CURVE is issue 4's)."""
+def curve_of(config: BrokerConfig) -> CurveServer | None:
+    if bool(config.curve_secret_key_file) != bool(config.curve_allowed_keys_dir):
+        raise InvalidConfigError(
+            "CURVE needs both listener.curve.secret.key.file and listener.curve.allowed.keys.dir"
+        )
+    if not config.curve_secret_key_file:
+        return None
+    return CurveServer(Path(config.curve_secret_key_file), Path(config.curve_allowed_keys_dir))
+
+
+def check_listener(address: str, *, authenticated: bool) -> None:
+    """Refuse to listen beyond loopback without CURVE: CURVE without ZAP would take any client key."""
     if not address.startswith("tcp://"):
-        raise InvalidRequestError(f"listener {address!r}: only tcp://HOST:PORT is supported")
+        raise InvalidConfigError(f"listener {address!r}: only tcp://HOST:PORT is supported")
     host = address[len("tcp://") :].rsplit(":", 1)[0]
-    if host not in ("127.0.0.1", "localhost", "[::1]"):
-        raise InvalidRequestError(
-            f"listener {address!r} is not loopback; shmbroker serves 127.0.0.1 only"
-            " until CURVE authentication exists"
+    if host not in ("127.0.0.1", "localhost", "[::1]") and not authenticated:
+        raise InvalidConfigError(
+            f"listener {address!r} is not loopback; set listener.curve.secret.key.file and "
+            "listener.curve.allowed.keys.dir (see `shmbroker keys generate`) to serve beyond this host"
         )
 
 
 def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: Any = None) -> int:
     """Run the broker until SIGTERM/SIGINT (or ``stop``); return the exit code."""
-    check_listener(config.listeners)
+    curve = curve_of(config)
+    check_listener(config.listeners, authenticated=curve is not None)
     stop = stop or threading.Event()
     service = BrokerService(config)
     if threading.current_thread() is threading.main_thread():
@@ -577,6 +590,11 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+    # An oversize message makes libzmq drop the sender's connection without a word (FACTS.md):
+    # clients time out their requests and report, they never assume success.
+    socket.setsockopt(zmq.MAXMSGSIZE, config.request_max_bytes)
+    socket.setsockopt(zmq.HANDSHAKE_IVL, 5000)  # a peer that never finishes the handshake is dropped
+    authenticator = curve.apply(context, socket) if curve is not None else None
     started = time.monotonic()
     try:
         service.start()  # fork server and workers first: no socket of ours leaks into them
@@ -634,6 +652,8 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
                 next_watch = now + 0.2
         return 0
     finally:
+        if authenticator is not None:
+            authenticator.stop()
         socket.close(0)
         if service.relay is not None:
             service.relay.close(0)
