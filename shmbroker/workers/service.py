@@ -93,6 +93,7 @@ class BrokerService:
         self._sequence = 0
         self._processes: dict[int, psutil.Process] = {}
         self.relay: zmq.Socket[Any] | None = None
+        self.relayed: dict[tuple[bytes, int], Message] = {}  # group requests awaiting the coordinator
         self._topics_sent_to = 0
         self._rate_marks: dict[tuple[str, int], tuple[float, int, int]] = {}
 
@@ -117,7 +118,23 @@ class BrokerService:
             self.send_topics()
             self._topics_sent_to = self.supervisor.coordinator_restarts
         self.relay.send_multipart([identity, *frames], copy=False)
+        self.relayed[(identity, request.correlation_id)] = request
         return None
+
+    def relay_reply(self, socket: zmq.Socket[Any], frames: list[Any]) -> None:
+        """A coordinator reply, [client identity, header, body, ...], goes to its client."""
+        if len(frames) >= 2 and len(frames[1]) == protocol.HEADER.size:
+            correlation_id = protocol.HEADER.unpack(frames[1].bytes)[3]
+            self.relayed.pop((frames[0].bytes, correlation_id), None)
+        socket.send_multipart(frames, copy=False)
+
+    def fail_relayed(self, socket: zmq.Socket[Any]) -> None:
+        """The coordinator died with these requests (parked joins among them): answer them now, retriable,
+        rather than let each client wait out its timeout."""
+        error = CoordinatorNotAvailableError("the group coordinator restarted; retry")
+        for (identity, _cid), request in self.relayed.items():
+            socket.send_multipart([identity, *protocol.encode_error_reply(request, error)], copy=False)
+        self.relayed.clear()
 
     # -- request dispatch ----------------------------------------------------------------------------
     def handle(self, identity: bytes, frames: list[Any]) -> list[Any] | None:
@@ -637,7 +654,7 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
             if relay in events:
                 for _ in range(256):  # coordinator replies: [client identity, header, body, ...]
                     try:
-                        socket.send_multipart(relay.recv_multipart(zmq.NOBLOCK, copy=False), copy=False)
+                        service.relay_reply(socket, relay.recv_multipart(zmq.NOBLOCK, copy=False))
                     except zmq.Again:
                         break
             if service.pending_produce or service.router_backlog_bytes:
@@ -650,6 +667,8 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
             if now >= next_watch:
                 service.supervisor.watch(now)
                 next_watch = now + 0.2
+                if not service.supervisor.coordinator_alive() and service.relayed:
+                    service.fail_relayed(socket)
         return 0
     finally:
         if authenticator is not None:

@@ -96,8 +96,9 @@ def balanced(consumers: list[Consumer], partitions: int) -> bool:
 def describe(broker: BrokerProcess, group: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "shmbroker", "groups", "describe", group, "--json", "--bootstrap", broker.address],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True, text=True, timeout=30,
     )  # fmt: skip
+    assert out.returncode == 0, f"groups describe {group}: exit {out.returncode}: {out.stderr[-2000:]}"
     return dict(json.loads(out.stdout))
 
 
