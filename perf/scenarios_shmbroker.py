@@ -229,6 +229,25 @@ def consumer_child(
     return out
 
 
+def acked_child(
+    ctl: Ctl, address: str, transport: str, size: int, n: int, batch: bool = False, rate: float | None = None
+) -> dict[str, Any]:
+    """The "consumer" of produce-only runs: done when the partition's high watermark shows all n
+    records appended (it reads no record; the offsets come from the broker)."""
+    from shmbroker import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": address, "shmbroker.transport": transport})
+    tp = TopicPartition(TOPIC, 0)
+    ctl.ready()
+    high = 0
+    while high < n + 1 and not ctl.expired():  # +1: the producer's warm-up record
+        _low, high = consumer.get_watermark_offsets(tp)
+        time.sleep(0.001)
+    t_last = ctl.stop_clock()
+    consumer.close()
+    return {"received": max(0, high - 1), "t_last_ns": t_last, "timed_out": ctl.expired()}
+
+
 def _run(
     name: str,
     size: int,
@@ -239,6 +258,7 @@ def _run(
     codec: str = "none",
     batch: bool = False,
     rate: float | None = None,
+    produce_only: bool = False,
 ) -> Result:
     with Broker() as broker:
         kw_p = {
@@ -264,7 +284,7 @@ def _run(
             n,
             timeout_s,
             producer=(producer_child, kw_p),
-            consumer=(consumer_child, kw_c),
+            consumer=(acked_child if produce_only else consumer_child, kw_c),
             servers=broker.servers(),
             extra={"transport": transport, "codec": codec, "batch_api": batch, "rate": rate},
         )
@@ -313,6 +333,20 @@ _register(
     transport="zmq",
 )
 _register("shmbroker-remote-lz4", "As shmbroker-remote with lz4.", N_REMOTE, transport="zmq", codec="lz4")
+_register(
+    "shmbroker-local-produce",
+    "Local produce only: produce()/poll() until the high watermark has every record; acks=1.",
+    N_LOCAL,
+    transport="shm",
+    produce_only=True,
+)
+_register(
+    "shmbroker-remote-produce",
+    "Remote produce only over ZeroMQ (tcp loopback) until the high watermark has every record; acks=1.",
+    N_REMOTE,
+    transport="zmq",
+    produce_only=True,
+)
 
 
 def _register_latency(transport: str, rate: int) -> None:
