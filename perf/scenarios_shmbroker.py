@@ -373,3 +373,41 @@ def _register_latency(transport: str, rate: int) -> None:
 for _transport in ("shm", "zmq"):
     for _rate in LAT_RATES:
         _register_latency(_transport, _rate)
+
+
+def _group_run(name: str, mode: str, size: int, n: int, timeout_s: float) -> Result:
+    """Two consumer processes read a pre-filled 4-partition topic, in a group or assigned by hand."""
+    from perf import bench_groups
+
+    with Broker() as broker:
+        started = time.monotonic()
+        bench_groups.fill(broker.address, n)  # its own topic (bench_groups.TOPIC), 4 partitions
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError("filling the topic took longer than the run's time bound")
+        out = bench_groups.one_run(broker.address, mode, 0, "auto")
+    return Result(
+        scenario=name, size_bytes=size, n_records=n, received=int(out["records"]),
+        elapsed_s=float(out["span_s"]), records_per_s=float(out["records_per_s"]),
+        mb_per_s=float(out["records_per_s"]) * size / 1e6,
+        extra={"join_s": out["join_s"], "partitions": out["partitions"], "mode": mode},
+    )  # fmt: skip
+
+
+def _register_group(mode: str) -> None:
+    name = "shmbroker-group-2x4" if mode == "group" else "shmbroker-manual-2x4"
+
+    def run(size_bytes: int, n_records: int, timeout_s: float) -> Result:
+        return _group_run(name, mode, size_bytes, n_records, timeout_s)
+
+    how = "one consumer group, range assignor" if mode == "group" else "assign() by hand, 2 partitions each"
+    run.__doc__ = (
+        f"Two consumers over a pre-filled 4-partition topic ({how}); records/s from the first record "
+        "read to the last, the group's join time excluded (in extra)."
+    )
+    scenario(
+        name, sizes=(100,), peer=False, records={100: 2_000_000}, smoke_records={100: 20_000}, timeout_s=120.0
+    )(run)
+
+
+for _mode in ("group", "manual"):
+    _register_group(_mode)
