@@ -341,6 +341,22 @@ _register(
     produce_only=True,
 )
 _register(
+    "shmbroker-local-produce-lz4",
+    "As shmbroker-local-produce with compression.type=lz4.",
+    N_LOCAL,
+    transport="shm",
+    codec="lz4",
+    produce_only=True,
+)
+_register(
+    "shmbroker-remote-produce-lz4",
+    "As shmbroker-remote-produce with compression.type=lz4.",
+    N_REMOTE,
+    transport="zmq",
+    codec="lz4",
+    produce_only=True,
+)
+_register(
     "shmbroker-remote-produce",
     "Remote produce only over ZeroMQ (tcp loopback) until the high watermark has every record; acks=1.",
     N_REMOTE,
