@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import crc32c
 
+from shmbroker.disk.files import fsync_dir
 from shmbroker.errors import ClosedError, CorruptRecordError, KafkaStorageError
 
 MAGIC = b"SHMBOFF1"
@@ -126,14 +127,6 @@ def _stored(value: tuple[Any, ...], commit_ms: int) -> StoredOffset:
     if len(value) == 3:
         return StoredOffset(int(value[0]), str(value[1]), int(value[2]))
     return StoredOffset(int(value[0]), str(value[1]), commit_ms)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class OffsetStore:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shmbroker.config import LogConfig, log_config_from
+from shmbroker.disk.files import fsync_dir
 from shmbroker.errors import (
     InvalidConfigError,
     InvalidPartitionsError,
@@ -49,14 +50,6 @@ class TopicSpec:
 
     def log_config(self, base: LogConfig) -> LogConfig:
         return log_config_from(self.config, base)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class TopicStore:
