@@ -79,7 +79,8 @@ def main() -> None:
     for key, s in summary.items():
         print(f"{key:>16}: median {s['median']:.3f} [{s['min']:.3f}-{s['max']:.3f}]")
     print(f"processes: {runs[0]['processes']}; ready line: {runs[0]['ready_line']}")
-    print(f"ready / bare python start: {summary['ready_s']['median'] / summary['python_start_s']['median']:.1f}x")
+    ratio = summary["ready_s"]["median"] / summary["python_start_s"]["median"]
+    print(f"ready / bare python start: {ratio:.1f}x")
 
 
 if __name__ == "__main__":

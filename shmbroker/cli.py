@@ -129,7 +129,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
                 print("partition  state     start_offset  end_offset  high_watermark  pid")
                 for r in rows:
                     print(
-                        f"{r['partition']:>9}  {r['state']:<8} {r['log_start_offset']:>13} {r['log_end_offset']:>11}"
+                        f"{r['partition']:>9}  {r['state']:<8} {r['log_start_offset']:>13}"
+                        f" {r['log_end_offset']:>11}"
                         f" {r['high_watermark']:>15}  {r['pid']}"
                     )
     finally:
@@ -240,17 +241,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("process                              pid   cpu%    rss MiB    uss MiB")
     for p in status["processes"]:
         print(
-            f"{p['role']:<34} {p['pid']:>6} {p.get('cpu_percent', 0):>6.1f} {p.get('rss_bytes', 0) / 2**20:>9.1f}"
-            f" {p.get('uss_bytes', 0) / 2**20:>10.1f}"
+            f"{p['role']:<34} {p['pid']:>6} {p.get('cpu_percent', 0):>6.1f}"
+            f" {p.get('rss_bytes', 0) / 2**20:>9.1f} {p.get('uss_bytes', 0) / 2**20:>10.1f}"
         )
     print(
-        "partition                  state     start        end   high_wm   records_in  errors  lanes   records/s"
+        "partition                  state     start        end   high_wm"
+        "   records_in  errors  lanes   records/s"
     )
     for r in status["partitions"]:
         name = f"{r['topic']}-{r['partition']}"
         rate = r.get("records_per_s")
         print(
-            f"{name:<26} {r['state']:<8} {r['log_start_offset']:>6} {r['log_end_offset']:>10} {r['high_watermark']:>9}"
+            f"{name:<26} {r['state']:<8} {r['log_start_offset']:>6} {r['log_end_offset']:>10}"
+            f" {r['high_watermark']:>9}"
             f" {r.get('records_in', 0):>12} {r.get('errors', 0):>7} {r['lanes']:>6}"
             f" {'' if rate is None else f'{rate:>11,.0f}'}"
         )

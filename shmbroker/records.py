@@ -864,7 +864,9 @@ class ColumnarRecords:
         return list(map(_new_record, columns))
 
 
-def _read_varint(data: bytes | memoryview, position: int, end: int, max_bytes: int, what: str) -> tuple[int, int]:
+def _read_varint(
+    data: bytes | memoryview, position: int, end: int, max_bytes: int, what: str
+) -> tuple[int, int]:
     """Decode the zigzag varint at ``position``; return (value, next position). Exact: raises on damage."""
     raw = shift = 0
     for index in range(position, min(end, position + max_bytes)):
@@ -926,8 +928,16 @@ def _parse_record(data: bytes | memoryview, position: int, end: int, index: int)
         position += max(length, 0)
     if position != record_end:
         raise CorruptRecordError(f"record {index} has {record_end - position} bytes after its headers")
-    return (position, timestamp_delta, offset_delta, key_start, key_length, value_start, value_length,
-            tuple(headers))
+    return (
+        position,
+        timestamp_delta,
+        offset_delta,
+        key_start,
+        key_length,
+        value_start,
+        value_length,
+        tuple(headers),
+    )
 
 
 def _parse_exact(data: bytes, count: int) -> _Columns:

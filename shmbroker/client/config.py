@@ -97,7 +97,9 @@ class CommonConfig:
         server_key = str(conf.pop("shmbroker.curve.server.key.file", ""))
         client_key = str(conf.pop("shmbroker.curve.client.key.file", ""))
         if bool(server_key) != bool(client_key):
-            raise _fail("CURVE needs both shmbroker.curve.server.key.file and shmbroker.curve.client.key.file")
+            raise _fail(
+                "CURVE needs both shmbroker.curve.server.key.file and shmbroker.curve.client.key.file"
+            )
         return cls(servers, transport, timeout, server_key, client_key)
 
 

@@ -32,7 +32,7 @@ class Connection:
     ) -> None:
         self.address = address
         self.request_timeout_s = request_timeout_s
-        self._context = zmq.Context.instance()
+        self._context: zmq.Context[Any] = zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, 0)  # replies are bounded by what we have in flight

@@ -113,9 +113,9 @@ class Producer:
         ):
             part = self._partitions.get((topic, partition))
             if part is not None and part.fast and part.count:
-                size = len(value)  # type: ignore[arg-type]
+                size = len(value)
                 if part.size_bytes + size + 64 <= part.limit_bytes:
-                    part.values.append(value)  # type: ignore[arg-type]
+                    part.values.append(value)
                     part.size_bytes += size + 8
                     part.count += 1
                     self._undelivered += 1
@@ -135,7 +135,10 @@ class Producer:
         timestamp: int,
         headers: Any,
     ) -> None:
-        if self._undelivered >= self._config.max_queued_messages or self._queued_bytes >= self._max_queued_bytes:
+        if (
+            self._undelivered >= self._config.max_queued_messages
+            or self._queued_bytes >= self._max_queued_bytes
+        ):
             self.poll(0)
             if self._undelivered >= self._config.max_queued_messages:
                 raise BufferError("Local: Queue full")
@@ -213,9 +216,15 @@ class Producer:
         n = len(values)
         if n == 0:
             return 0
-        if self._queued_bytes >= self._max_queued_bytes or self._undelivered >= self._config.max_queued_messages:
+        if (
+            self._queued_bytes >= self._max_queued_bytes
+            or self._undelivered >= self._config.max_queued_messages
+        ):
             self.poll(0)
-            if self._queued_bytes >= self._max_queued_bytes or self._undelivered >= self._config.max_queued_messages:
+            if (
+                self._queued_bytes >= self._max_queued_bytes
+                or self._undelivered >= self._config.max_queued_messages
+            ):
                 raise BufferError("Local: Queue full")
         if partition < 0:
             partition = self._choose(topic, None)

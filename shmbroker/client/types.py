@@ -8,7 +8,8 @@ leading underscore in the name), the same numbers confluent-kafka uses.
 
 from __future__ import annotations
 
-from typing import Any
+import builtins
+from typing import Any, ClassVar
 
 from shmbroker.errors import BrokerError
 
@@ -21,63 +22,59 @@ TIMESTAMP_NOT_AVAILABLE = 0
 TIMESTAMP_CREATE_TIME = 1
 TIMESTAMP_LOG_APPEND_TIME = 2
 
-# librdkafka's local error codes (rdkafka.h), under the names confluent-kafka exposes.
-_LOCAL_CODES = {
-    "_BAD_MSG": -199,
-    "_BAD_COMPRESSION": -198,
-    "_DESTROY": -197,
-    "_FAIL": -196,
-    "_TRANSPORT": -195,
-    "_MSG_TIMED_OUT": -192,
-    "_PARTITION_EOF": -191,
-    "_UNKNOWN_PARTITION": -190,
-    "_FS": -189,
-    "_UNKNOWN_TOPIC": -188,
-    "_ALL_BROKERS_DOWN": -187,
-    "_INVALID_ARG": -186,
-    "_TIMED_OUT": -185,
-    "_QUEUE_FULL": -184,
-    "_STATE": -172,
-    "_NOT_IMPLEMENTED": -170,
-    "_NO_OFFSET": -168,
-    "_MAX_POLL_EXCEEDED": -147,
-}
-_PROTOCOL_CODES = {
-    "UNKNOWN": -1,
-    "NO_ERROR": 0,
-    "OFFSET_OUT_OF_RANGE": 1,
-    "CORRUPT_MESSAGE": 2,
-    "UNKNOWN_TOPIC_OR_PART": 3,
-    "REQUEST_TIMED_OUT": 7,
-    "MSG_SIZE_TOO_LARGE": 10,
-    "NETWORK_EXCEPTION": 13,
-    "COORDINATOR_NOT_AVAILABLE": 15,
-    "ILLEGAL_GENERATION": 22,
-    "UNKNOWN_MEMBER_ID": 25,
-    "REBALANCE_IN_PROGRESS": 27,
-    "NON_EMPTY_GROUP": 68,
-    "MEMBER_ID_REQUIRED": 79,
-    "FENCED_INSTANCE_ID": 82,
-    "TOPIC_EXCEPTION": 17,
-    "RECORD_LIST_TOO_LARGE": 18,
-    "NOT_ENOUGH_REPLICAS": 19,
-    "INVALID_REQUIRED_ACKS": 21,
-    "INVALID_TIMESTAMP": 32,
-    "UNSUPPORTED_VERSION": 35,
-    "TOPIC_ALREADY_EXISTS": 36,
-    "INVALID_PARTITIONS": 37,
-    "INVALID_CONFIG": 40,
-    "INVALID_REQUEST": 42,
-    "KAFKA_STORAGE_ERROR": 56,
-    "UNSUPPORTED_COMPRESSION_TYPE": 76,
-    "INVALID_RECORD": 87,
-}
-_NAMES = {code: name for name, code in {**_LOCAL_CODES, **_PROTOCOL_CODES}.items()}
 _RETRIABLE = {-195, -192, -185, -184, 2, 3, 7, 13, 15, 19, 27, 56}
 
 
 class KafkaError:
     """An error as confluent-kafka reports it: ``code()``, ``name()``, ``str()``, ``retriable()``."""
+
+    # librdkafka's local error codes (rdkafka.h) and Kafka's protocol codes, under confluent-kafka's names.
+    _BAD_MSG: ClassVar[int] = -199
+    _BAD_COMPRESSION: ClassVar[int] = -198
+    _DESTROY: ClassVar[int] = -197
+    _FAIL: ClassVar[int] = -196
+    _TRANSPORT: ClassVar[int] = -195
+    _MSG_TIMED_OUT: ClassVar[int] = -192
+    _PARTITION_EOF: ClassVar[int] = -191
+    _UNKNOWN_PARTITION: ClassVar[int] = -190
+    _FS: ClassVar[int] = -189
+    _UNKNOWN_TOPIC: ClassVar[int] = -188
+    _ALL_BROKERS_DOWN: ClassVar[int] = -187
+    _INVALID_ARG: ClassVar[int] = -186
+    _TIMED_OUT: ClassVar[int] = -185
+    _QUEUE_FULL: ClassVar[int] = -184
+    _STATE: ClassVar[int] = -172
+    _NOT_IMPLEMENTED: ClassVar[int] = -170
+    _NO_OFFSET: ClassVar[int] = -168
+    _MAX_POLL_EXCEEDED: ClassVar[int] = -147
+    UNKNOWN: ClassVar[int] = -1
+    NO_ERROR: ClassVar[int] = 0
+    OFFSET_OUT_OF_RANGE: ClassVar[int] = 1
+    CORRUPT_MESSAGE: ClassVar[int] = 2
+    UNKNOWN_TOPIC_OR_PART: ClassVar[int] = 3
+    REQUEST_TIMED_OUT: ClassVar[int] = 7
+    MSG_SIZE_TOO_LARGE: ClassVar[int] = 10
+    NETWORK_EXCEPTION: ClassVar[int] = 13
+    COORDINATOR_NOT_AVAILABLE: ClassVar[int] = 15
+    ILLEGAL_GENERATION: ClassVar[int] = 22
+    UNKNOWN_MEMBER_ID: ClassVar[int] = 25
+    REBALANCE_IN_PROGRESS: ClassVar[int] = 27
+    NON_EMPTY_GROUP: ClassVar[int] = 68
+    MEMBER_ID_REQUIRED: ClassVar[int] = 79
+    FENCED_INSTANCE_ID: ClassVar[int] = 82
+    TOPIC_EXCEPTION: ClassVar[int] = 17
+    RECORD_LIST_TOO_LARGE: ClassVar[int] = 18
+    NOT_ENOUGH_REPLICAS: ClassVar[int] = 19
+    INVALID_REQUIRED_ACKS: ClassVar[int] = 21
+    INVALID_TIMESTAMP: ClassVar[int] = 32
+    UNSUPPORTED_VERSION: ClassVar[int] = 35
+    TOPIC_ALREADY_EXISTS: ClassVar[int] = 36
+    INVALID_PARTITIONS: ClassVar[int] = 37
+    INVALID_CONFIG: ClassVar[int] = 40
+    INVALID_REQUEST: ClassVar[int] = 42
+    KAFKA_STORAGE_ERROR: ClassVar[int] = 56
+    UNSUPPORTED_COMPRESSION_TYPE: ClassVar[int] = 76
+    INVALID_RECORD: ClassVar[int] = 87
 
     def __init__(
         self, error: int, reason: str | None = None, fatal: bool = False, retriable: bool | None = None
@@ -112,7 +109,7 @@ class KafkaError:
     def __hash__(self) -> int:
         return hash(self._code)
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> builtins.str:  # plain `str` here would name the method above
         return f'KafkaError{{code={self.name()},val={self._code},str="{self.str()}"}}'
 
     __str__ = __repr__
@@ -122,8 +119,11 @@ class KafkaError:
         return cls(exc.kafka_code, str(exc), retriable=exc.retriable)
 
 
-for _name, _code in {**_LOCAL_CODES, **_PROTOCOL_CODES}.items():
-    setattr(KafkaError, _name, _code)
+_NAMES: dict[int, str] = {
+    value: name
+    for name, value in vars(KafkaError).items()
+    if isinstance(value, int) and name.lstrip("_").replace("_", "").isupper()
+}
 
 
 class KafkaException(Exception):
@@ -244,7 +244,7 @@ class Message(list):  # type: ignore[type-arg]
     def __eq__(self, other: object) -> bool:
         return self is other
 
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # type: ignore[override]  # identity, like confluent-kafka's Message
         return id(self)
 
 

@@ -469,7 +469,9 @@ class BrokerService:
         """Read every requested partition; None when nothing is there yet and we may still wait."""
         entries = field_of(request.body, "partitions", list)
         max_bytes = min(field_of(request.body, "max_bytes", int, default=FETCH_MAX_BYTES), FETCH_MAX_BYTES)
-        results, data, total = [], [], 0
+        results: list[dict[str, Any]] = []
+        data: list[memoryview] = []
+        total = 0
         for entry in entries:
             topic = check_topic_name(field_of(entry, "topic", str))
             partition = field_of(entry, "partition", int)

@@ -260,6 +260,7 @@ def test_lane_full_gives_buffer_error_and_flush_waits_bounded(broker: BrokerProc
         producer = Producer(
             {"bootstrap.servers": broker.address, "queue.buffering.max.messages": 20000, "linger.ms": 0}
         )
+
         def fill() -> None:
             for _ in range(100_000):
                 producer.produce("full", b"x" * 100, partition=0)

@@ -16,8 +16,12 @@ pytestmark = pytest.mark.integration
 
 
 def keys(directory: Path, name: str) -> tuple[Path, Path]:
-    subprocess.run([sys.executable, "-m", "shmbroker", "keys", "generate", name, "--dir", str(directory)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "shmbroker", "keys", "generate", name, "--dir", str(directory)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return directory / f"{name}.key", directory / f"{name}.key_secret"
 
 
@@ -30,17 +34,30 @@ def test_curve_allows_listed_keys_only(tmp_path: Path, free_port: int) -> None:
     good_public.rename(allowed / good_public.name)
     assert oct(server_secret.stat().st_mode & 0o777) == "0o600"
     config = tmp_path / "broker.toml"
-    config.write_text(f'[broker]\n"listener.curve.secret.key.file" = "{server_secret}"\n'
-                      f'"listener.curve.allowed.keys.dir" = "{allowed}"\n')
+    config.write_text(
+        f'[broker]\n"listener.curve.secret.key.file" = "{server_secret}"\n'
+        f'"listener.curve.allowed.keys.dir" = "{allowed}"\n'
+    )
     broker = BrokerProcess(tmp_path / "data", free_port, config=config).start()
     try:
         base = {"bootstrap.servers": broker.address, "request.timeout.ms": 1500}
-        good = AdminClient({**base, "shmbroker.curve.server.key.file": str(server_public),
-                            "shmbroker.curve.client.key.file": str(good_secret)})
+        good = AdminClient(
+            {
+                **base,
+                "shmbroker.curve.server.key.file": str(server_public),
+                "shmbroker.curve.client.key.file": str(good_secret),
+            }
+        )
         good.create_topics([NewTopic("secret", 1)])["secret"].result()
         assert "secret" in good.list_topics().topics
-        for conf in ({**base, "shmbroker.curve.server.key.file": str(server_public),
-                      "shmbroker.curve.client.key.file": str(bad_secret)}, base):
+        for conf in (
+            {
+                **base,
+                "shmbroker.curve.server.key.file": str(server_public),
+                "shmbroker.curve.client.key.file": str(bad_secret),
+            },
+            base,
+        ):
             stranger = AdminClient(conf)
             with pytest.raises(KafkaException) as info:
                 stranger.list_topics()
@@ -54,8 +71,19 @@ def test_curve_allows_listed_keys_only(tmp_path: Path, free_port: int) -> None:
 
 def test_non_loopback_listener_needs_curve(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "shmbroker", "serve", "--data-dir", str(tmp_path / "d"), "--listen", "tcp://0.0.0.0:0"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "shmbroker",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--listen",
+            "tcp://0.0.0.0:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "listener.curve.secret.key.file" in result.stderr
