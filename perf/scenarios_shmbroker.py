@@ -27,7 +27,17 @@ from typing import Any
 
 import psutil
 
-from perf.harness import Ctl, Pacer, Result, percentiles_us, read_stamp, run_pair, scenario, stamp_payload
+from perf.harness import (
+    Ctl,
+    Pacer,
+    Result,
+    percentiles_us,
+    read_stamp,
+    run_pair,
+    run_procs,
+    scenario,
+    stamp_payload,
+)
 from perf.servers import HOST, free_port
 
 SIZES = (100, 1024, 65536)
@@ -427,3 +437,58 @@ def _register_group(mode: str) -> None:
 
 for _mode in ("group", "manual"):
     _register_group(_mode)
+
+
+def _consume_only(name: str, transport: str, size: int, n: int, timeout_s: float) -> Result:
+    """One consumer process reads a pre-filled 1-partition topic (filled through the local lane)."""
+    import numpy as np
+
+    from shmbroker import Producer
+
+    with Broker() as broker:
+        producer = Producer({"bootstrap.servers": broker.address, "acks": 1})
+        rows = np.frombuffer(os.urandom(size) * min(n, 1024), dtype=np.uint8).reshape(-1, size)
+        sent = 0
+        while sent < n:
+            k = min(len(rows), n - sent)
+            try:
+                producer.produce_batch(TOPIC, rows[:k], partition=0)
+                sent += k
+            except BufferError:
+                producer.poll(0.01)
+        if producer.flush(timeout_s):
+            raise TimeoutError("the topic was not filled in time")
+        producer.close()
+        kw = {"address": broker.address, "transport": transport, "size": size, "n": n}
+        return run_procs(name, size, n, timeout_s, {"consumer": (consumer_from_zero, kw)},
+                         servers=broker.servers(), extra={"transport": transport})  # fmt: skip
+
+
+def consumer_from_zero(ctl: Ctl, address: str, transport: str, size: int, n: int) -> dict[str, Any]:
+    from shmbroker import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": address, "shmbroker.transport": transport,
+                         "max.partition.fetch.bytes": 4 << 20})  # fmt: skip
+    consumer.assign([TopicPartition(TOPIC, 0, 0)])
+    ctl.ready()
+    got = 0
+    while got < n and not ctl.expired():
+        got += len(consumer.consume(10_000, timeout=0.1))
+    t_last = ctl.stop_clock()
+    consumer.close()
+    return {"received": got, "t_last_ns": t_last, "t_go_ns": ctl.t_go_ns, "timed_out": ctl.expired()}
+
+
+def _register_consume(transport: str) -> None:
+    name = f"shmbroker-{'local' if transport == 'shm' else 'remote'}-consume"
+
+    def run(size_bytes: int, n_records: int, timeout_s: float) -> Result:
+        return _consume_only(name, transport, size_bytes, n_records, timeout_s)
+
+    run.__doc__ = (f"Consume only ({'mmap of the segment files' if transport == 'shm' else 'ZeroMQ FETCH'}): "
+                   "one consumer, consume(10000), from offset 0 of a pre-filled topic.")  # fmt: skip
+    scenario(name, sizes=SIZES, peer=False, records=N_REMOTE, timeout_s=60.0)(run)
+
+
+for _transport in ("shm", "zmq"):
+    _register_consume(_transport)
