@@ -135,15 +135,7 @@ class Producer:
         timestamp: int,
         headers: Any,
     ) -> None:
-        if (
-            self._undelivered >= self._config.max_queued_messages
-            or self._queued_bytes >= self._max_queued_bytes
-        ):
-            self.poll(0)
-            if self._undelivered >= self._config.max_queued_messages:
-                raise BufferError("Local: Queue full")
-            if self._queued_bytes >= self._max_queued_bytes:
-                raise BufferError("Local: Queue full (queue.buffering.max.kbytes)")
+        self._make_room()
         if value.__class__ is not bytes and value is not None:
             value = value.encode() if isinstance(value, str) else bytes(value)
         if key is not None and key.__class__ is not bytes:
@@ -184,6 +176,20 @@ class Producer:
             self._seal(part)
             self._send_backlog(part)
 
+    def _make_room(self) -> None:
+        """Serve deliveries once if the local queue is full; BufferError if it still is."""
+        full = (
+            self._undelivered >= self._config.max_queued_messages
+            or self._queued_bytes >= self._max_queued_bytes
+        )
+        if not full:
+            return
+        self.poll(0)
+        if self._undelivered >= self._config.max_queued_messages:
+            raise BufferError("Local: Queue full")
+        if self._queued_bytes >= self._max_queued_bytes:
+            raise BufferError("Local: Queue full (queue.buffering.max.kbytes)")
+
     def _append_general(
         self, part: _Partition, value: bytes | None, key: bytes | None, timestamp: int, headers: Any
     ) -> None:
@@ -216,16 +222,7 @@ class Producer:
         n = len(values)
         if n == 0:
             return 0
-        if (
-            self._queued_bytes >= self._max_queued_bytes
-            or self._undelivered >= self._config.max_queued_messages
-        ):
-            self.poll(0)
-            if (
-                self._queued_bytes >= self._max_queued_bytes
-                or self._undelivered >= self._config.max_queued_messages
-            ):
-                raise BufferError("Local: Queue full")
+        self._make_room()
         if partition < 0:
             partition = self._choose(topic, None)
         part = self._partitions.get((topic, partition)) or self._open(topic, partition)

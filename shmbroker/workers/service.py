@@ -36,7 +36,9 @@ from shmbroker.errors import (
     InvalidConfigError,
     InvalidRequestError,
     InvalidRequiredAcksError,
+    OffsetOutOfRangeError,
     RemoteProtocolError,
+    RequestTimedOutError,
     UnknownTopicOrPartitionError,
 )
 from shmbroker.net import protocol
@@ -399,7 +401,9 @@ class BrokerService:
                     batch, sequence=self._sequence, acks=acks
                 ):
                     if self.router_backlog_bytes + len(batch) > ROUTER_BACKLOG_BYTES:
-                        raise BufferError_()
+                        raise RequestTimedOutError(
+                            "the partition's router lane is full; retry (the worker is behind)"
+                        )
                     # The lane is full: keep the batch (a zmq frame, no copy) and send it in order later.
                     backlog.append((self._sequence, acks, batch))
                     self.router_backlog_bytes += len(batch)
@@ -482,15 +486,12 @@ class BrokerService:
             try:
                 self.supervisor.topics.check_partition(topic, partition)
                 info = self._partition_info(topic, partition)
+                high_watermark = info["high_watermark"]
+                if not info["log_start_offset"] <= offset <= high_watermark:
+                    raise _out_of_range(offset, info)
                 view = None
-                if offset < info["high_watermark"] and part_max > 0:
-                    view = self._reader(topic, partition).read(
-                        offset, part_max, upto_offset=info["high_watermark"]
-                    )
-                    if offset < info["log_start_offset"]:
-                        raise OffsetOutOfRange_(offset, info)
-                elif offset > info["high_watermark"] or offset < info["log_start_offset"]:
-                    raise OffsetOutOfRange_(offset, info)
+                if offset < high_watermark and part_max > 0:
+                    view = self._reader(topic, partition).read(offset, part_max, upto_offset=high_watermark)
                 results.append(
                     {
                         "topic": topic,
@@ -543,15 +544,7 @@ class BrokerService:
         self.supervisor.shutdown()
 
 
-def BufferError_() -> BrokerError:
-    from shmbroker.errors import RequestTimedOutError
-
-    return RequestTimedOutError("the partition's router lane is full; retry (the worker is behind)")
-
-
-def OffsetOutOfRange_(offset: int, info: dict[str, Any]) -> BrokerError:
-    from shmbroker.errors import OffsetOutOfRangeError
-
+def _out_of_range(offset: int, info: dict[str, Any]) -> OffsetOutOfRangeError:
     return OffsetOutOfRangeError(
         f"offset {offset} outside [{info['log_start_offset']}, {info['high_watermark']}]"
         f" of {info['topic']}-{info['partition']}"
