@@ -35,6 +35,7 @@ class LogConfig:
     max_message_bytes: int = 1048588  # max.message.bytes: the largest batch accepted (Kafka's default)
     preallocate: bool = False  # log.preallocate
     message_timestamp_type: str = "CreateTime"  # log.message.timestamp.type: CreateTime | LogAppendTime
+    min_insync_replicas: int = 1  # min.insync.replicas: acks=all fails below this many in-sync copies
 
 
 # Kafka key -> (LogConfig field, type). Topic-level keys drop the "log." prefix in Kafka
@@ -51,6 +52,7 @@ LOG_KEYS: dict[str, tuple[str, type]] = {
     "max.message.bytes": ("max_message_bytes", int),
     "log.preallocate": ("preallocate", bool),
     "log.message.timestamp.type": ("message_timestamp_type", str),
+    "min.insync.replicas": ("min_insync_replicas", int),
 }
 TOPIC_KEYS: dict[str, tuple[str, type]] = {
     **LOG_KEYS,
@@ -87,6 +89,8 @@ def log_config_from(settings: Mapping[str, Any], base: LogConfig | None = None) 
         raise InvalidConfigError(
             f"log.message.timestamp.type={config.message_timestamp_type!r}: CreateTime or LogAppendTime"
         )
+    if config.min_insync_replicas < 1:
+        raise InvalidConfigError(f"min.insync.replicas={config.min_insync_replicas} is below 1")
     return config
 
 

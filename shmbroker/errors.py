@@ -68,6 +68,36 @@ class NotEnoughReplicasError(BrokerError):
     kafka_code, kafka_name, retriable = 19, "NOT_ENOUGH_REPLICAS", True
 
 
+class NotEnoughReplicasAfterAppendError(BrokerError):
+    """Appended, but the in-sync set fell below ``min.insync.replicas`` before it was replicated."""
+
+    kafka_code, kafka_name, retriable = 20, "NOT_ENOUGH_REPLICAS_AFTER_APPEND", True
+
+
+class NotLeaderOrFollowerError(BrokerError):
+    """This broker is a follower (or not yet a leader): produce and fetch go to the leader."""
+
+    kafka_code, kafka_name, retriable = 6, "NOT_LEADER_OR_FOLLOWER", True
+
+
+class FencedLeaderEpochError(BrokerError):
+    """A peer's leader epoch is older than one this broker has seen: it is stale and is refused."""
+
+    kafka_code, kafka_name, retriable = 74, "FENCED_LEADER_EPOCH", False
+
+
+class UnknownLeaderEpochError(BrokerError):
+    """A peer claims a leader epoch newer than this broker's: this broker is the stale one."""
+
+    kafka_code, kafka_name, retriable = 75, "UNKNOWN_LEADER_EPOCH", True
+
+
+class ClusterAuthorizationError(BrokerError):
+    """A replication peer that did not prove it holds an allowed key."""
+
+    kafka_code, kafka_name = 31, "CLUSTER_AUTHORIZATION_FAILED"
+
+
 class InvalidRequiredAcksError(BrokerError):
     kafka_code, kafka_name = 21, "INVALID_REQUIRED_ACKS"
 

@@ -22,7 +22,7 @@ TIMESTAMP_NOT_AVAILABLE = 0
 TIMESTAMP_CREATE_TIME = 1
 TIMESTAMP_LOG_APPEND_TIME = 2
 
-_RETRIABLE = {-195, -192, -185, -184, 2, 3, 7, 13, 15, 19, 27, 56}
+_RETRIABLE = {-195, -192, -185, -184, 2, 3, 6, 7, 13, 15, 19, 20, 27, 56, 75}
 
 
 class KafkaError:
@@ -65,6 +65,11 @@ class KafkaError:
     TOPIC_EXCEPTION: ClassVar[int] = 17
     RECORD_LIST_TOO_LARGE: ClassVar[int] = 18
     NOT_ENOUGH_REPLICAS: ClassVar[int] = 19
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND: ClassVar[int] = 20
+    NOT_LEADER_FOR_PARTITION: ClassVar[int] = 6
+    CLUSTER_AUTHORIZATION_FAILED: ClassVar[int] = 31
+    FENCED_LEADER_EPOCH: ClassVar[int] = 74
+    UNKNOWN_LEADER_EPOCH: ClassVar[int] = 75
     INVALID_REQUIRED_ACKS: ClassVar[int] = 21
     INVALID_TIMESTAMP: ClassVar[int] = 32
     UNSUPPORTED_VERSION: ClassVar[int] = 35

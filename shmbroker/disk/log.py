@@ -37,8 +37,9 @@ from shmbroker.disk.files import (
     remove_strays,
     write_atomic,
 )
+from shmbroker.disk.epochs import EpochCache
 from shmbroker.disk.segment import Segment
-from shmbroker.errors import ClosedError, OffsetOutOfRangeError
+from shmbroker.errors import ClosedError, CorruptRecordError, OffsetOutOfRangeError
 from shmbroker.records import BatchHeader
 
 # Recovery must not cut batches that were legal when written: max.message.bytes may have been
@@ -105,6 +106,8 @@ class Log:
         active = segments[-1]
         self._active_since_ms = active.first_timestamp_ms if not active.is_empty else None
         self._log_append_time = config.message_timestamp_type == "LogAppendTime"
+        self.epochs = EpochCache(directory)
+        self.epochs.truncate_from_end(self.log_end_offset + 1)  # recovery may have cut the tail
         self._closed = False
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -214,24 +217,65 @@ class Log:
         if self._closed:
             raise ClosedError(f"log {self.directory} is closed")
         views = [memoryview(b) for b in batches]
-        max_bytes, segment_bytes = self.config.max_message_bytes, self.config.segment_bytes
+        max_bytes = self.config.max_message_bytes
         headers = []
         for i, view in enumerate(views):
             if view.readonly:
                 raise TypeError(f"batch {i} is read-only; the log stamps offsets in place")
             headers.append(records.check_batch(view, max_batch_bytes=max_bytes))
+        if leader_epoch > self.epochs.latest_epoch:
+            self.epochs.assign(leader_epoch, self.log_end_offset)
+        return self._append_checked(views, headers, leader_epoch=leader_epoch, now_ms=now_ms, stamp=True)
+
+    def append_as_follower(self, batches: Sequence[memoryview], *, now_ms: int) -> list[BatchHeader]:
+        """Append a leader's batches as they are: its offsets and epochs, nothing stamped.
+
+        Every batch is checked (length, magic, CRC) and must start exactly at the log end, so a
+        gap, an overlap or a torn batch from the link is refused whole (CorruptRecordError) before
+        any byte is written. Returns the batches' headers.
+        """
+        if self._closed:
+            raise ClosedError(f"log {self.directory} is closed")
+        max_bytes = self.config.max_message_bytes
+        headers = []
+        expected = self.log_end_offset
+        for view in batches:
+            header = records.check_batch(view, max_batch_bytes=max_bytes)
+            if header.base_offset != expected:
+                raise CorruptRecordError(
+                    f"replicated batch starts at offset {header.base_offset}; the log ends at {expected}"
+                )
+            headers.append(header)
+            expected = header.next_offset
+        for header in headers:
+            if header.partition_leader_epoch > self.epochs.latest_epoch:
+                self.epochs.assign(header.partition_leader_epoch, header.base_offset)
+        self._append_checked(list(batches), headers, leader_epoch=-1, now_ms=now_ms, stamp=False)
+        return headers
+
+    def _append_checked(
+        self,
+        views: list[memoryview],
+        headers: list[BatchHeader],
+        *,
+        leader_epoch: int,
+        now_ms: int,
+        stamp: bool,
+    ) -> list[AppendInfo]:
+        segment_bytes = self.config.segment_bytes
         infos: list[AppendInfo] = []
         group_views: list[memoryview] = []
         group_headers: list[BatchHeader] = []
-        append_time = now_ms if self._log_append_time else -1
+        append_time = now_ms if self._log_append_time and stamp else -1
         offset = self.log_end_offset
         messages = group_bytes = 0
         for view, header in zip(views, headers, strict=True):
-            records.stamp(view, base_offset=offset, leader_epoch=leader_epoch)
-            header = header._replace(base_offset=offset, partition_leader_epoch=leader_epoch)
-            if self._log_append_time:
-                records.set_log_append_time(view, now_ms)
-                header = header._replace(max_timestamp_ms=now_ms)
+            if stamp:
+                records.stamp(view, base_offset=offset, leader_epoch=leader_epoch)
+                header = header._replace(base_offset=offset, partition_leader_epoch=leader_epoch)
+                if self._log_append_time:
+                    records.set_log_append_time(view, now_ms)
+                    header = header._replace(max_timestamp_ms=now_ms)
             active = self._segments[-1]
             pending = group_bytes + header.size_bytes
             if group_headers and not active.can_take(pending, header.last_offset, segment_bytes, alone=False):
@@ -406,6 +450,19 @@ class Log:
         if self.recovery_point > self.log_end_offset:
             self.recovery_point = self.log_end_offset
             recovery.write_recovery_point(self.directory, self.recovery_point)
+        self.epochs.truncate_from_end(self.log_end_offset)
+        fsync_dir(self.directory)
+
+    def restart_at(self, offset: int) -> None:
+        """Drop every segment and continue empty from ``offset`` (a follower whose whole log lies
+        below the leader's log start: retention there deleted what it would need next)."""
+        self._delete_segments(list(self._segments))
+        self._segments = [self._new_segment(self.directory, self.config, offset)]
+        self._bases = [offset]
+        self._active_since_ms = None
+        self.epochs.clear()
+        self.recovery_point = offset
+        recovery.write_recovery_point(self.directory, offset)
         fsync_dir(self.directory)
 
     def statistics(self) -> LogStatistics:

@@ -91,6 +91,14 @@ class _MappedSegment:
 
     def read(self, offset: int, max_bytes: int, limit_offset: int) -> memoryview | None:
         """Whole batches from the one holding ``offset``, none starting at or past ``limit_offset``."""
+        found = self.span(offset, max_bytes, limit_offset)
+        if found is None:
+            return None
+        assert self._map is not None
+        return memoryview(self._map)[found[0] : found[1]]
+
+    def span(self, offset: int, max_bytes: int, limit_offset: int) -> tuple[int, int, int] | None:
+        """``(start, end, next_offset)``: the byte range ``read`` would return, and the offset after it."""
         _, position = self._index_floor(self.offsets, max(0, offset - self.base_offset))
         while True:  # find the batch holding offset; all these batches lie below limit_offset
             header = self.header_at(position)
@@ -114,8 +122,7 @@ class _MappedSegment:
                 break
             end += header.size_bytes
             next_offset = header.next_offset
-        assert self._map is not None
-        return memoryview(self._map)[start:end]
+        return start, end, next_offset
 
 
 class LogReader:
@@ -141,6 +148,26 @@ class LogReader:
         whose base offset is >= ``upto_offset``. None when ``offset >= upto_offset``.
 
         The view points into a read-only mapping; it stays valid as long as it is referenced."""
+        found = self.locate(offset, max_bytes, upto_offset=upto_offset)
+        if found is None:
+            return None
+        segment, start, end, _next = found
+        assert segment._map is not None
+        return memoryview(segment._map)[start:end]
+
+    def locate_file(
+        self, offset: int, max_bytes: int, *, upto_offset: int
+    ) -> tuple[Path, int, int, int] | None:
+        """Where ``read`` would read: ``(segment path, start, end, next_offset)``, for ``sendfile``."""
+        found = self.locate(offset, max_bytes, upto_offset=upto_offset)
+        if found is None:
+            return None
+        segment, start, end, next_offset = found
+        return segment.path, start, end, next_offset
+
+    def locate(
+        self, offset: int, max_bytes: int, *, upto_offset: int
+    ) -> tuple[_MappedSegment, int, int, int] | None:
         if offset >= upto_offset:
             if self._bases and offset < self._bases[0]:
                 raise OffsetOutOfRangeError(f"offset {offset} is below {self._bases[0]}")
@@ -164,11 +191,11 @@ class LogReader:
                 segment.refresh_index()
                 segment.index_loaded = i < len(self._bases) - 1
             try:
-                found = segment.read(offset, max_bytes, limit) if offset < limit else None
+                found = segment.span(offset, max_bytes, limit) if offset < limit else None
             except FileNotFoundError as exc:
                 raise OffsetOutOfRangeError(f"segment {segment.path} was deleted") from exc
             if found is not None:
-                return found
+                return segment, *found
             i += 1
         return None
 

@@ -1,6 +1,6 @@
 """Per-partition control block: the partition worker's public state, readable by anyone without asking.
 
-Little-endian, 320 bytes::
+Little-endian, 384 bytes::
 
     offset size field                                   written by
          0    4 magic b"SHBC"                            supervisor, at creation
@@ -22,13 +22,21 @@ Little-endian, 320 bytes::
                 records_in, bytes_in, errors     |
                 corrupt/too_large/storage/other /
        256    4 worker sleeping flag (doorbell.py) worker; read by producers
-       320      end
+       320    8 isr_seq: a seqlock of its own         \
+       328    8 isr_followers: followers in the ISR     | the replicator (leader role), the only
+       336    8 isr_min_leo: their smallest log end    /  writer; the worker reads them
+       384      end
 
 Seqlock: the single writer makes ``seq`` odd, stores the snapshot, makes ``seq`` even again (x86-64
 keeps the three stores in order). A reader loads ``seq``, the snapshot, ``seq``, and accepts only an even,
 unchanged value, so ``(log_end_offset, high_watermark)`` is never torn. No lock exists that a dead
 process could hold: a worker killed mid-update leaves ``seq`` odd, and readers give up after a bounded
 time with ``BrokenError`` until the restarted worker re-initializes the block.
+
+The in-sync cells are the replicator's word to the worker (``IsrCells``): how many followers are in
+the in-sync set and the smallest log end among them. The worker turns them into the high watermark,
+so the worker stays the only writer of the snapshot. They have their own seqlock and writer, and sit
+in their own cache line, away from the worker's seq.
 """
 
 from __future__ import annotations
@@ -77,7 +85,7 @@ class ControlSnapshot(NamedTuple):
 
 
 CONTROL_MAGIC = b"SHBC"
-CONTROL_VERSION = 1
+CONTROL_VERSION = 2
 IDENTITY = struct.Struct("<4sH2xI")  # magic, version, partition_id
 NAME_FIELD_BYTES = CACHE_LINE
 DOORBELL_NAME_OFFSET = CACHE_LINE
@@ -86,7 +94,8 @@ SEQ = struct.Struct("<Q")
 SNAPSHOT = struct.Struct("<IIi4xqqqQQ7Q")  # one code per ControlSnapshot field, in order
 SNAPSHOT_OFFSET = SEQ_OFFSET + SEQ.size
 SLEEPING_OFFSET = 4 * CACHE_LINE  # its own cache line: producers poll it on every notify
-CONTROL_BYTES = 5 * CACHE_LINE
+ISR_OFFSET = 5 * CACHE_LINE  # isr_seq, isr_followers, isr_min_leo as native u64/i64 items
+CONTROL_BYTES = 6 * CACHE_LINE
 READ_DEADLINE_S = 0.05  # a writer preempted mid-update on a busy 2-core host keeps seq odd for ~1 ms
 
 
@@ -172,6 +181,10 @@ class ControlWriter:
         cell[0] = seq + 2  # even: the snapshot is whole
         self._seq = seq + 2
         self.current = snapshot
+
+    def isr_cells(self) -> IsrCells:
+        """The worker's view of the in-sync cells (the replicator writes them)."""
+        return IsrCells(self._buf)
 
     def set_state(self, state: WorkerState) -> None:
         self.publish(self.current._replace(state=state))
@@ -280,6 +293,46 @@ class ControlReader:
         self._buf.release()
         if self._block is not None:
             self._block.close()
+
+
+class IsrCells:
+    """The in-sync cells: written by the replicator only, read by the worker (and status).
+
+    ``(followers, min_leo)``: followers in the in-sync set and the smallest log end offset among
+    them (meaningless when followers is 0). Same seqlock as the snapshot, over three u64 cells."""
+
+    def __init__(self, region: memoryview) -> None:
+        check_control(region)
+        self._cells = region[ISR_OFFSET : ISR_OFFSET + 24].cast("q")
+        self.version = -1
+
+    def write(self, followers: int, min_leo: int) -> None:
+        cells = self._cells
+        seq = cells[0] & ~1
+        cells[0] = seq + 1
+        cells[1] = followers
+        cells[2] = min_leo
+        cells[0] = seq + 2
+
+    def read(self) -> tuple[int, int]:
+        """A consistent pair; ``(0, 0)`` while the writer is stuck mid-update (a dead replicator
+        mid-store: the leader then stands alone, which acks=all answers with an fsync)."""
+        cells = self._cells
+        for _ in range(1000):
+            before = cells[0]
+            if not before & 1:
+                followers, min_leo = cells[1], cells[2]
+                if cells[0] == before:
+                    self.version = before
+                    return followers, min_leo
+        return 0, 0
+
+    def changed(self) -> bool:
+        """Cheap: did the writer store anything since the last ``read``?"""
+        return bool(self._cells[0] != self.version)
+
+    def close(self) -> None:
+        self._cells.release()
 
 
 class ControlBlock:

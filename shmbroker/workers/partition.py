@@ -8,9 +8,17 @@ control block, where local consumers read them without asking.
 
 The batches are copied out of shared memory before they are checked, so a producer that scribbles
 on a frame after committing it cannot slip bytes past the CRC check (check-then-use on memory
-someone else can write). With no replication the high watermark is the log end: os.write puts a
-batch in the page cache, which survives the death of any process (acks=1). acks=all with the
-leader as the only in-sync replica fsyncs before it completes (DESIGN invariant 1).
+someone else can write). With no follower in sync the high watermark is the log end: os.write
+puts a batch in the page cache, which survives the death of any process (acks=1). acks=all with
+the leader as the only in-sync replica fsyncs before it completes (DESIGN invariant 1).
+
+Replication (workers/replicator.py) reaches the worker only through the in-sync cells of the
+control block: followers in sync and their smallest log end. The high watermark is the smallest
+log end over the in-sync set, never moving back. An acks=all batch is refused before its append
+(NOT_ENOUGH_REPLICAS) while the in-sync set is below ``min.insync.replicas``; once appended, its
+completion waits in ``_Lane.held`` until the high watermark covers it (Kafka's produce purgatory),
+and fails with NOT_ENOUGH_REPLICAS_AFTER_APPEND if the set shrank below the minimum meanwhile.
+Batches are stamped with the broker's leader epoch (``WorkerSpec.leader_epoch``).
 
 Commands from the supervisor come over a pipe: ("attach", lane_name, producer_id, pid),
 ("detach", lane_name), ("stop",). The supervisor rings the doorbell after each, so a sleeping
@@ -23,7 +31,7 @@ import logging
 import mmap
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -36,6 +44,8 @@ from shmbroker.errors import (
     CorruptRecordError,
     InvalidRecordError,
     KafkaStorageError,
+    NotEnoughReplicasAfterAppendError,
+    NotEnoughReplicasError,
     RecordTooLargeError,
 )
 from shmbroker.ring.completion import Completion
@@ -62,6 +72,7 @@ class WorkerSpec:
     log_config: LogConfig
     control_name: str  # the control block; its doorbell semaphore has the same name
     cpu: int | None = None
+    leader_epoch: int = 0  # stamped in every batch (partitionLeaderEpoch); promote bumps it
 
 
 def _set_title(title: str) -> None:
@@ -93,6 +104,9 @@ class _Lane:
     def __init__(self, name: str, producer_id: int, pid: int, trusted: bool) -> None:
         self.name, self.producer_id, self.pid, self.trusted = name, producer_id, pid, trusted
         self.worker = LaneWorker.attach(name)
+        # Completions waiting for the high watermark (acks=all), with the offset it must reach;
+        # later completions of this lane queue behind them so the producer sees them in order.
+        self.held: deque[tuple[int, bool, Completion]] = deque()
 
     def close(self) -> None:
         self.worker.close()
@@ -136,6 +150,9 @@ class PartitionWorker:
         # died between its append and releasing the lane re-reads those frames after a restart.
         self.recent: OrderedDict[tuple[int, int], int] = OrderedDict()
         self._remember_tail()
+        self.isr = control.isr_cells()
+        self.isr_followers = 0
+        self.high_watermark = self.log.log_end_offset
         self.publish()
 
     def _remember_tail(self) -> None:
@@ -148,12 +165,56 @@ class PartitionWorker:
             self.recent.popitem(last=False)
 
     def publish(self) -> None:
-        end = self.log.log_end_offset
+        self._compute_high_watermark()
         self.control.publish(
             self.control.current._replace(
-                log_start_offset=self.log.log_start_offset, log_end_offset=end, high_watermark=end
+                log_start_offset=self.log.log_start_offset,
+                log_end_offset=self.log.log_end_offset,
+                high_watermark=self.high_watermark,
+                leader_epoch=self.spec.leader_epoch,
             )
         )
+
+    def _compute_high_watermark(self) -> int:
+        """The smallest log end over the in-sync set (the log end when the leader stands alone)."""
+        followers, min_leo = self.isr.read()
+        self.isr_followers = followers
+        end = self.log.log_end_offset
+        hw = end if followers == 0 else min(end, min_leo)
+        # Never back: a follower joins only at or above the high watermark, and a stale pair of
+        # cells read mid-change must not hide records consumers were already given.
+        self.high_watermark = max(min(hw, end), min(self.high_watermark, end))
+        return self.high_watermark
+
+    def on_isr_change(self) -> None:
+        """The replicator moved the cells: a new high watermark, and held completions may go."""
+        before = self.high_watermark
+        self._compute_high_watermark()
+        if self.high_watermark != before:
+            self.control.publish(self.control.current._replace(high_watermark=self.high_watermark))
+        self.release_held()
+
+    def release_held(self) -> None:
+        """Complete held acks=all batches the high watermark now covers (fsync first when the
+        leader stands alone: then the leader's disk is the only copy)."""
+        if not any(lane.held for lane in self.lanes.values()):
+            return
+        if self.isr_followers == 0:
+            self.log.flush()
+        below_minimum = 1 + self.isr_followers < self.spec.log_config.min_insync_replicas
+        for lane in list(self.lanes.values()):
+            ready: list[Completion] = []
+            while lane.held and lane.held[0][0] <= self.high_watermark:
+                _need, acks_all, completion = lane.held.popleft()
+                if acks_all and below_minimum and completion.error_code == 0:
+                    self.control.count_error(ErrorKind.OTHER)
+                    completion = completion._replace(error_code=NotEnoughReplicasAfterAppendError.kafka_code)
+                ready.append(completion)
+            if ready:
+                lane.worker.complete_many(ready)
+
+    def has_held(self) -> bool:
+        return any(lane.held for lane in self.lanes.values())
 
     def attach(self, name: str, producer_id: int, pid: int, trusted: bool) -> None:
         if name in self.lanes:
@@ -177,7 +238,7 @@ class PartitionWorker:
         lane = self.lanes.pop(name, None)
         if lane is not None:
             self.turn_lane(lane)  # whatever was committed before the close is still appended
-            lane.close()
+            lane.close()  # held completions die with it: their producer is gone
 
     def turn(self) -> int:
         """Drain every lane once; return how many batches were handled."""
@@ -240,9 +301,14 @@ class PartitionWorker:
         now_ms = int(time.time() * 1000)
         done: list[Completion | None] = [None] * len(jobs)
         todo: list[int] = []
-        for i, ((sequence, _acks), view) in enumerate(zip(jobs, views, strict=True)):
+        self._compute_high_watermark()
+        in_sync = 1 + self.isr_followers
+        min_insync = self.spec.log_config.min_insync_replicas
+        for i, ((sequence, acks), view) in enumerate(zip(jobs, views, strict=True)):
             try:
                 header = self._check_owner(lane, view, sequence)
+                if acks == ACKS_ALL and in_sync < min_insync:
+                    raise NotEnoughReplicasError(f"{in_sync} in-sync replicas; min.insync.replicas={min_insync}")
             except BrokerError as exc:
                 self.control.count_error(_error_kind(exc))
                 done[i] = Completion(sequence, -1, -1, 0, exc.kafka_code)
@@ -253,15 +319,20 @@ class PartitionWorker:
                 continue
             todo.append(i)
         appended = 0
+        needs: dict[int, int] = {}  # job index -> high watermark its acks=all completion waits for
         if todo:
             try:
-                infos = self.log.append_many([views[i] for i in todo], now_ms=now_ms)
+                infos = self.log.append_many(
+                    [views[i] for i in todo], leader_epoch=self.spec.leader_epoch, now_ms=now_ms
+                )
                 pairs = list(zip(todo, infos, strict=True))
             except BrokerError:
                 pairs = []  # one bad batch refuses the group: append one by one to refuse only it
                 for i in todo:
                     try:
-                        pairs.append((i, self.log.append(views[i], now_ms=now_ms)))
+                        pairs.append(
+                            (i, self.log.append(views[i], leader_epoch=self.spec.leader_epoch, now_ms=now_ms))
+                        )
                     except BrokerError as exc:
                         self.control.count_error(_error_kind(exc))
                         done[i] = Completion(jobs[i][0], -1, -1, 0, exc.kafka_code)
@@ -273,18 +344,28 @@ class PartitionWorker:
                 if not lane.trusted:
                     self._remember(lane.producer_id, sequence & 0x7FFFFFFF, info.base_offset)
             if pairs:
-                if any(jobs[i][1] == ACKS_ALL for i, _info in pairs):
+                if self.isr_followers == 0 and any(jobs[i][1] == ACKS_ALL for i, _info in pairs):
                     self.log.flush()  # the leader is the whole in-sync set: acks=all means on disk
                 appended = len(pairs)
                 end = self.log.log_end_offset
                 self.control.record_append(
                     log_end_offset=end,
-                    high_watermark=end,
+                    high_watermark=self._compute_high_watermark(),
                     batches=appended,
                     records=sum(info.records_count for _i, info in pairs),
                     n_bytes=sum(len(views[i]) for i, _info in pairs),
                 )
-        answers = [c for c, (_s, acks) in zip(done, jobs, strict=True) if c is not None and acks != 0]
+                for i, info in pairs:
+                    if jobs[i][1] == ACKS_ALL and info.last_offset >= self.high_watermark:
+                        needs[i] = info.last_offset + 1
+        answers: list[Completion] = []
+        for i, (completion, (_s, acks)) in enumerate(zip(done, jobs, strict=True)):
+            if completion is None or acks == 0:
+                continue
+            if lane.held or needs.get(i):
+                lane.held.append((needs.get(i, 0), acks == ACKS_ALL, completion))
+            else:
+                answers.append(completion)
         if answers:
             lane.worker.complete_many(answers)
 
@@ -297,6 +378,7 @@ class PartitionWorker:
     def close(self) -> None:
         for name in list(self.lanes):
             self.detach(name)
+        self.isr.close()
         self.log.close(clean=True)
 
 
@@ -316,7 +398,8 @@ def run(spec: WorkerSpec, commands: Connection) -> None:
     idle_turns = 0
     idle_since = time.monotonic()
     next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
-    ready = lambda: worker.has_requests() or commands.poll(0)  # noqa: E731
+    isr = worker.isr
+    ready = lambda: worker.has_requests() or commands.poll(0) or isr.changed()  # noqa: E731
     try:
         while True:
             while commands.poll(0):
@@ -327,6 +410,8 @@ def run(spec: WorkerSpec, commands: Connection) -> None:
                     worker.attach(command[1], command[2], command[3], command[4])
                 elif command[0] == "detach":
                     worker.detach(command[1])
+            if isr.changed():
+                worker.on_isr_change()
             if worker.turn():
                 idle_turns = 0
             else:
