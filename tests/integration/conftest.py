@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.broker_fixture import BrokerProcess
+from tests.netns import NetnsPair, netns_available
 
 
 @pytest.fixture
@@ -16,3 +17,17 @@ def broker(tmp_path: Path, free_port: int) -> Iterator[BrokerProcess]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def netns_pair() -> Iterator[NetnsPair]:
+    """Two network namespaces joined by veth (tests/netns.py), deleted afterwards. Fails without root:
+    CI runs as root, so a skip here would hide a broken setup."""
+    reason = netns_available()
+    if reason is not None:
+        pytest.fail(f"network namespaces unavailable: {reason}")
+    pair = NetnsPair.create()
+    try:
+        yield pair
+    finally:
+        pair.close()
