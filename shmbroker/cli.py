@@ -257,6 +257,48 @@ def cmd_status(args: argparse.Namespace) -> int:
             f" {r.get('records_in', 0):>12} {r.get('errors', 0):>7} {r['lanes']:>6}"
             f" {'' if rate is None else f'{rate:>11,.0f}'}"
         )
+    _print_replication(status)
+    return 0
+
+
+def _print_replication(status: dict[str, Any]) -> None:
+    replication = status.get("replication")
+    if not replication:
+        return
+    print(
+        f"replication: {status.get('role')} at leader epoch {status.get('leader_epoch')}"
+        + (f", following {replication.get('leader') or '?'}" if status.get("role") == "follower" else "")
+        + (
+            f" ({'connected' if replication.get('connected') else 'not connected'})"
+            if status.get("role") == "follower"
+            else ""
+        )
+    )
+    print(
+        "partition                  epoch        end   high_wm  in-sync set / follower lag (records, bytes)"
+    )
+    for tp, r in sorted(replication.get("partitions", {}).items()):
+        followers = r.get("followers", {})
+        lag = ", ".join(
+            f"{name}: {f['lag_records']} rec {f['lag_bytes']} B{'' if f['in_sync'] else ' (out of sync)'}"
+            for name, f in sorted(followers.items())
+        )
+        isr = ",".join(r.get("isr", []))
+        print(
+            f"{tp.replace('/', '-'):<26} {r.get('leader_epoch', -1):>5} {r['log_end_offset']:>10}"
+            f" {r['high_watermark']:>9}  {isr} {lag}".rstrip()
+        )
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from shmbroker import AdminClient
+
+    admin = AdminClient(_client_conf(args))
+    try:
+        epoch = admin.promote()
+    finally:
+        admin.close()
+    print(f"promoted: this broker now leads at leader epoch {epoch}")
     return 0
 
 
@@ -446,6 +488,16 @@ def cmd_recover_log(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    if args.action == "replication":
+        from shmbroker.net.replication import write_key
+
+        path = args.dir / f"{args.name}.key"
+        write_key(path, args.name)
+        print(
+            f"replication key {path} (mode 0600): the follower sets replication.secret.key.file to it; "
+            "copy it into the leader's replication.allowed.keys.dir"
+        )
+        return 0
     from shmbroker.net.auth import generate_keypair
 
     public, secret = generate_keypair(args.dir, args.name)
@@ -518,11 +570,19 @@ def build_parser() -> argparse.ArgumentParser:
     client(p)
     p.set_defaults(func=cmd_consume)
 
-    p = sub.add_parser("keys", help="CURVE key pairs for the listener and its clients")
-    p.add_argument("action", choices=("generate",))
-    p.add_argument("name", help="writes NAME.key (public) and NAME.key_secret (0600)")
+    p = sub.add_parser(
+        "keys", help="CURVE key pairs for the listener and its clients; secrets for replication peers"
+    )
+    p.add_argument("action", choices=("generate", "replication"))
+    p.add_argument(
+        "name", help="generate: writes NAME.key (public) and NAME.key_secret (0600); replication: NAME.key"
+    )
     p.add_argument("--dir", type=Path, default=Path("."), help="where to write them")
     p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("promote", help="make this follower broker the leader, with a new leader epoch")
+    client(p)
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("status", help="processes, CPU, memory, per-partition offsets, rates and counters")
     p.add_argument("--json", action="store_true")

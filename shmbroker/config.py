@@ -62,6 +62,11 @@ TOPIC_KEYS: dict[str, tuple[str, type]] = {
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is tuple:  # a list of strings: a TOML array or one comma-separated string
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise InvalidConfigError(f"{key}={value!r}: expected a list of strings")
+        return tuple(i.strip() for i in items if i.strip())
     try:
         if kind is bool:
             if isinstance(value, str):
@@ -110,6 +115,14 @@ class BrokerConfig:
     restart_backoff_ms: int = 200  # first restart delay; doubles per crash up to 5 s
     max_restarts: int = 5  # crashes within restart_window_ms before the supervisor gives up on a child
     restart_window_ms: int = 60_000
+    # Replication (workers/replicator.py). Peers and listener are HOST:PORT of replication listeners.
+    replication_role: str = "leader"  # replication.role: the role of a new data dir
+    replication_listener: str = ""  # replication.listener: where followers and probers connect
+    replication_peers: tuple[str, ...] = ()  # replication.peers: the other brokers' listeners
+    replica_lag_time_max_ms: int = 30_000  # replica.lag.time.max.ms
+    replica_socket_timeout_ms: int = 30_000  # replica.socket.timeout.ms
+    replication_secret_key_file: str = ""  # replication.secret.key.file: this broker's own key
+    replication_allowed_keys_dir: str = ""  # replication.allowed.keys.dir: followers' keys
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -124,6 +137,13 @@ BROKER_KEYS: dict[str, tuple[str, type]] = {
     "cpu.affinity": ("cpu_affinity", bool),
     "restart.backoff.ms": ("restart_backoff_ms", int),
     "max.restarts": ("max_restarts", int),
+    "replication.role": ("replication_role", str),
+    "replication.listener": ("replication_listener", str),
+    "replication.peers": ("replication_peers", tuple),
+    "replica.lag.time.max.ms": ("replica_lag_time_max_ms", int),
+    "replica.socket.timeout.ms": ("replica_socket_timeout_ms", int),
+    "replication.secret.key.file": ("replication_secret_key_file", str),
+    "replication.allowed.keys.dir": ("replication_allowed_keys_dir", str),
 }
 
 
@@ -154,4 +174,9 @@ def load_broker_config(
     if listeners is not None:
         changes["listeners"] = listeners
     changes["log"] = log_config_from(log_settings)
-    return dataclasses.replace(BrokerConfig(), **changes)
+    config = dataclasses.replace(BrokerConfig(), **changes)
+    if config.replication_role not in ("leader", "follower"):
+        raise InvalidConfigError(f"replication.role={config.replication_role!r}: leader or follower")
+    if config.replication_role == "follower" and not config.replication_peers:
+        raise InvalidConfigError("replication.role=follower needs replication.peers (the leader's listener)")
+    return config

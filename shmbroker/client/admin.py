@@ -136,6 +136,11 @@ class AdminClient:
         """shmbroker's own: processes, partitions and counters, as `shmbroker status` shows them."""
         return dict(self._call(ApiKey.STATUS, {}, timeout).body)
 
+    def promote(self, timeout: float = 30.0) -> int:
+        """shmbroker's own: make this follower broker the leader; returns its new leader epoch.
+        Raises KafkaException (NOT_LEADER_OR_FOLLOWER) if it already leads."""
+        return int(self._call(ApiKey.PROMOTE, {}, timeout).body["leader_epoch"])
+
     def close(self) -> None:
         self._connection.close()
 

@@ -31,8 +31,8 @@ from shmbroker.client.types import TIMESTAMP_CREATE_TIME, KafkaError, KafkaExcep
 
 # Errors worth sending the batch again for, until message.timeout.ms: the broker was busy or a
 # disk was full, not "this batch is bad" (a corrupt batch stays corrupt however often it is sent).
-RETRY_CODES = frozenset({7, 13, 19, 56, -195})  # REQUEST_TIMED_OUT, NETWORK_EXCEPTION, NOT_ENOUGH_REPLICAS,
-# KAFKA_STORAGE_ERROR, _TRANSPORT
+# REQUEST_TIMED_OUT, NETWORK_EXCEPTION, NOT_ENOUGH_REPLICAS(_AFTER_APPEND), KAFKA_STORAGE_ERROR, _TRANSPORT
+RETRY_CODES = frozenset({7, 13, 19, 20, 56, -195})
 NATURAL_BATCHING_IN_FLIGHT = 2
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 BatchCallback = Callable[[KafkaError | None, str, int, int, int], None]

@@ -20,6 +20,7 @@ truncation), and a crash leaves the old or the new file.
 from __future__ import annotations
 
 import bisect
+import itertools
 from pathlib import Path
 from typing import NamedTuple
 
@@ -56,7 +57,7 @@ def render(entries: list[EpochEntry]) -> str:
 
 def check_entries(entries: list[EpochEntry]) -> None:
     """Epochs strictly increase and start offsets never decrease (equal: an epoch with no batch)."""
-    for a, b in zip(entries, entries[1:], strict=False):
+    for a, b in itertools.pairwise(entries):
         if not (b.epoch > a.epoch and b.start_offset >= a.start_offset):
             raise CorruptRecordError(f"leader epochs out of order: {a} then {b}")
 

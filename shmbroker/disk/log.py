@@ -29,6 +29,7 @@ import numpy as np
 from shmbroker import records
 from shmbroker.config import LogConfig
 from shmbroker.disk import recovery, retention
+from shmbroker.disk.epochs import EpochCache
 from shmbroker.disk.files import (
     CLEAN_SHUTDOWN_FILE,
     fsync_dir,
@@ -37,7 +38,6 @@ from shmbroker.disk.files import (
     remove_strays,
     write_atomic,
 )
-from shmbroker.disk.epochs import EpochCache
 from shmbroker.disk.segment import Segment
 from shmbroker.errors import ClosedError, CorruptRecordError, OffsetOutOfRangeError
 from shmbroker.records import BatchHeader

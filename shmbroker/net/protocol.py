@@ -59,6 +59,7 @@ class ApiKey(IntEnum):
     DESCRIBE_GROUP = 17
     RESET_OFFSETS = 18
     DELETE_GROUP = 19
+    PROMOTE = 30  # make this follower the leader, with a new leader epoch (`shmbroker promote`)
 
 
 GROUP_APIS = frozenset(range(ApiKey.JOIN_GROUP, ApiKey.DELETE_GROUP + 1))

@@ -93,7 +93,7 @@ def encode(kind: Kind, body: dict[str, Any], data_bytes: int = 0) -> bytes:
     return HEADER.pack(MAGIC, VERSION, kind, len(raw), data_bytes) + raw
 
 
-def parse_header(raw: bytes | memoryview) -> tuple[Kind, int, int]:
+def parse_header(raw: bytes | bytearray | memoryview) -> tuple[Kind, int, int]:
     """``(kind, body_bytes, data_bytes)`` of a 16-byte header; RemoteProtocolError if it is not one."""
     if len(raw) != HEADER.size:
         raise RemoteProtocolError(f"replication header of {len(raw)} bytes; want {HEADER.size}")
@@ -111,7 +111,7 @@ def parse_header(raw: bytes | memoryview) -> tuple[Kind, int, int]:
     return kind, body_bytes, data_bytes
 
 
-def parse_body(kind: Kind, raw: bytes | memoryview) -> dict[str, Any]:
+def parse_body(kind: Kind, raw: bytes | bytearray | memoryview) -> dict[str, Any]:
     try:
         body = json.loads(bytes(raw))
     except (UnicodeDecodeError, ValueError) as exc:

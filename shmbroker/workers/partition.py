@@ -308,7 +308,9 @@ class PartitionWorker:
             try:
                 header = self._check_owner(lane, view, sequence)
                 if acks == ACKS_ALL and in_sync < min_insync:
-                    raise NotEnoughReplicasError(f"{in_sync} in-sync replicas; min.insync.replicas={min_insync}")
+                    raise NotEnoughReplicasError(
+                        f"{in_sync} in-sync replicas; min.insync.replicas={min_insync}"
+                    )
             except BrokerError as exc:
                 self.control.count_error(_error_kind(exc))
                 done[i] = Completion(sequence, -1, -1, 0, exc.kafka_code)

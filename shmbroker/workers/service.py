@@ -36,6 +36,7 @@ from shmbroker.errors import (
     InvalidConfigError,
     InvalidRequestError,
     InvalidRequiredAcksError,
+    NotLeaderOrFollowerError,
     OffsetOutOfRangeError,
     RemoteProtocolError,
     RequestTimedOutError,
@@ -47,11 +48,14 @@ from shmbroker.net.protocol import GROUP_APIS, ApiKey, Message, field_of
 from shmbroker.ring.control import WorkerState
 from shmbroker.ring.lane import LaneProducer
 from shmbroker.workers.supervisor import Supervisor
-from shmbroker.workers.topics import check_topic_name
+from shmbroker.workers.topics import TopicStore, check_topic_name
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 50
+# What a follower answers itself; everything else (produce, fetch, lanes, admin, groups) belongs to
+# the leader and gets NOT_LEADER_OR_FOLLOWER, which clients retry.
+FOLLOWER_APIS = frozenset({ApiKey.METADATA, ApiKey.STATUS, ApiKey.PROMOTE})
 TOPIC_READY_TIMEOUT_S = 10.0
 ROUTER_BACKLOG_BYTES = 256 << 20  # remote batches waiting for room in a router lane, all partitions
 FETCH_MAX_BYTES = 50 << 20
@@ -101,9 +105,12 @@ class BrokerService:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
+        self.supervisor.check_peers_at_start()
         self.supervisor.start_coordinator()
-        for spec in list(self.supervisor.topics.topics.values()):
-            self.supervisor.start_topic(spec)
+        if self.supervisor.is_leader:
+            for spec in list(self.supervisor.topics.topics.values()):
+                self.supervisor.start_topic(spec)
+        self.supervisor.start_replication()
 
     def send_topics(self) -> None:
         """Tell the coordinator the topics (assignments and commit checks need partition counts)."""
@@ -149,6 +156,11 @@ class BrokerService:
             return None
         self.counters[f"requests.{request.api.name}"] += 1
         try:
+            if not self.supervisor.is_leader and request.api not in FOLLOWER_APIS:
+                raise NotLeaderOrFollowerError(
+                    f"this broker follows {', '.join(self.config.replication_peers)}; "
+                    f"send {request.api.name} to the leader (or `shmbroker promote` this one)"
+                )
             if request.api in GROUP_APIS:
                 return self._relay_to_coordinator(identity, request, frames)
             handler = getattr(self, f"_on_{request.api.name.lower()}")
@@ -166,6 +178,8 @@ class BrokerService:
 
     def _on_metadata(self, identity: bytes, request: Message) -> list[Any]:
         wanted = field_of(request.body, "topics", list, default=None)
+        if not self.supervisor.is_leader:
+            self.supervisor.topics = TopicStore(self.supervisor.data_dir)  # the replicator mirrors them
         topics = self.supervisor.topics.topics
         names = sorted(topics) if wanted is None else [str(t) for t in wanted]
         out = []
@@ -191,6 +205,8 @@ class BrokerService:
                 "broker_pid": os.getpid(),
                 "version": __version__,
                 "max_message_bytes": self.config.log.max_message_bytes,
+                "role": self.supervisor.node.role,
+                "leader_epoch": self.supervisor.node.epoch,
             },
         )
 
@@ -349,6 +365,9 @@ class BrokerService:
         processes = [self._process_row("supervisor", os.getpid())]
         partitions = []
         now = time.monotonic()
+        replication = self.supervisor.replication
+        if replication is not None and replication.process is not None and replication.process.pid:
+            processes.append(self._process_row("replication", replication.process.pid))
         for (topic, partition), slot in sorted(self.supervisor.slots.items()):
             info = self._partition_info(topic, partition)
             # Rates over the time since the previous status request (the first one reports 0).
@@ -368,7 +387,21 @@ class BrokerService:
                 "counters": dict(self.counters),
                 "data_dir": str(self.supervisor.data_dir),
                 "listeners": self.config.listeners,
+                "role": self.supervisor.node.role,
+                "leader_epoch": self.supervisor.node.epoch,
+                "replication": self.supervisor.replication_status(),
             },
+        )
+
+    def _on_promote(self, identity: bytes, request: Message) -> list[Any]:
+        epoch = self.supervisor.promote()
+        deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
+        while time.monotonic() < deadline and not self.supervisor.all_ready():
+            time.sleep(0.002)
+        self.send_topics()
+        log.warning("promoted to leader at epoch %d", epoch)
+        return protocol.encode_reply(
+            request, {"leader_epoch": epoch, "partitions": len(self.supervisor.slots)}
         )
 
     # -- remote produce and fetch ----------------------------------------------------------------------
@@ -579,8 +612,10 @@ def curve_of(config: BrokerConfig) -> CurveServer | None:
 
 def check_listener(address: str, *, authenticated: bool) -> None:
     """Refuse to listen beyond loopback without CURVE: CURVE without ZAP would take any client key."""
+    if address.startswith("ipc://"):
+        return  # a Unix socket: this host only, guarded by its file mode
     if not address.startswith("tcp://"):
-        raise InvalidConfigError(f"listener {address!r}: only tcp://HOST:PORT is supported")
+        raise InvalidConfigError(f"listener {address!r}: tcp://HOST:PORT or ipc:///PATH")
     host = address[len("tcp://") :].rsplit(":", 1)[0]
     if host not in ("127.0.0.1", "localhost", "[::1]") and not authenticated:
         raise InvalidConfigError(
@@ -589,10 +624,24 @@ def check_listener(address: str, *, authenticated: bool) -> None:
         )
 
 
+def check_replication_listener(config: BrokerConfig) -> None:
+    """Beyond loopback the replication listener needs keys: a stranger must not pose as a follower."""
+    address = config.replication_listener
+    if not address:
+        return
+    host = address.rpartition(":")[0].strip("[]")
+    if host not in ("127.0.0.1", "localhost", "::1") and not config.replication_allowed_keys_dir:
+        raise InvalidConfigError(
+            f"replication.listener {address!r} is not loopback; set replication.allowed.keys.dir "
+            "(followers' keys, see `shmbroker keys replication`) to replicate beyond this host"
+        )
+
+
 def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: Any = None) -> int:
     """Run the broker until SIGTERM/SIGINT (or ``stop``); return the exit code."""
     curve = curve_of(config)
     check_listener(config.listeners, authenticated=curve is not None)
+    check_replication_listener(config)
     stop = stop or threading.Event()
     service = BrokerService(config)
     if threading.current_thread() is threading.main_thread():

@@ -3,7 +3,10 @@ owns every shared-memory block, and answers clients on the listener (workers/ser
 
     shmbroker serve
       |- fork server            started first; forks each worker with the imports already done
-      |- partition worker x N   one per partition
+      |- partition worker x N   one per partition (leader role only)
+      |- coordinator            consumer groups
+      |- replication            when configured: streams to followers, or (follower role) owns the
+      |                         logs and follows the leader (workers/replicator.py)
       '- (in this process) the ZeroMQ ROUTER: metadata, admin, lane hand-over, remote produce/fetch
 
 Ownership (docs/ownership.md): this process creates and unlinks every shm block and semaphore; it
@@ -16,6 +19,7 @@ the next one.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import multiprocessing
 import os
@@ -33,11 +37,13 @@ import posix_ipc
 import psutil
 
 from shmbroker.config import BrokerConfig
-from shmbroker.errors import BrokenError, LockedError
+from shmbroker.disk.epochs import EpochCache
+from shmbroker.errors import BrokenError, LockedError, NotLeaderOrFollowerError
+from shmbroker.net.replication import tp_name
 from shmbroker.ring.block import new_name
 from shmbroker.ring.control import ControlBlock, ControlReader, WorkerState, create_control
 from shmbroker.ring.lane import LaneBlock, create_lane
-from shmbroker.workers import coordinator, partition
+from shmbroker.workers import coordinator, node_state, partition, replicator
 from shmbroker.workers.topics import TopicSpec, TopicStore
 
 log = logging.getLogger(__name__)
@@ -129,7 +135,12 @@ class Supervisor:
         # after the supervisor died. The server preloads the worker's imports, so a fork is warm.
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(
-            ["shmbroker.workers.partition", "shmbroker.workers.coordinator", "shmbroker.workers.supervisor"]
+            [
+                "shmbroker.workers.partition",
+                "shmbroker.workers.coordinator",
+                "shmbroker.workers.supervisor",
+                "shmbroker.workers.replicator",
+            ]
         )
         self._next_producer_id = (time.time_ns() >> 20) & 0x3FFFFFFFFFFF  # unique across restarts
         self.started_ms = int(time.time() * 1000)
@@ -143,6 +154,18 @@ class Supervisor:
         self.coordinator_endpoint = f"ipc://{self.runtime_dir}/coordinator.sock"
         self.coordinator: ChildSlot | None = None
         self.coordinator_restarts = 0
+        self.node = node_state.load(self.data_dir, config.replication_role)
+        self.replication: ChildSlot | None = None
+        self._replication_pipe: Connection | None = None
+        self.replication_status_path = self.runtime_dir / "replication-status.json"
+
+    @property
+    def replicating(self) -> bool:
+        return bool(self.config.replication_listener or self.config.replication_peers)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.node.role == "leader"
 
     # -- data dir lock and shm registry ---------------------------------------------------------
     def _take_lock(self) -> int:
@@ -179,6 +202,7 @@ class Supervisor:
             slot = PartitionSlot(spec.name, p, control)
             self.slots[(spec.name, p)] = slot
             self._spawn(slot)
+        self.notify_replication()
 
     def _spawn(self, slot: PartitionSlot) -> None:
         spec = self.topics.get(slot.topic)
@@ -192,6 +216,7 @@ class Supervisor:
             log_config=spec.log_config(self.config.log),
             control_name=slot.control.name,
             cpu=cpu,
+            leader_epoch=self.node.epoch,
         )
         parent_end, child_end = self._ctx.Pipe()
         process = self._ctx.Process(
@@ -207,6 +232,7 @@ class Supervisor:
         for key in [k for k in self.slots if k[0] == topic]:
             slot = self.slots.pop(key)
             self._stop_slot(slot)
+        self.notify_replication()
 
     def _stop_slot(self, slot: PartitionSlot) -> None:
         slot.send("stop")
@@ -235,6 +261,8 @@ class Supervisor:
         if self.coordinator is not None and self._crashed_and_due(self.coordinator, "coordinator", now):
             self._spawn_coordinator()
             self.coordinator_restarts += 1
+        if self.replication is not None and self._crashed_and_due(self.replication, "replication", now):
+            self._spawn_replication()
         self._reclaim_dead_lanes()
 
     def _crashed_and_due(self, slot: PartitionSlot | ChildSlot, name: str, now: float) -> bool:
@@ -275,6 +303,116 @@ class Supervisor:
         process.start()
         self.coordinator.process = process
 
+    # -- replication --------------------------------------------------------------------------------
+    def check_peers_at_start(self) -> None:
+        """A leader with peers asks them first: if one leads at a newer epoch, this broker is an old
+        leader coming back, and it follows instead (its divergent tail is cut on the handshake)."""
+        if not (self.is_leader and self.config.replication_peers):
+            return
+        for address in self.config.replication_peers:
+            try:
+                role, epoch = replicator.probe(
+                    address, node=self._node_name(), key_file=self.config.replication_secret_key_file
+                )
+            except Exception as exc:  # unreachable or refusing: no evidence of a newer leader
+                log.info("peer %s not answering (%r); leading at epoch %d", address, exc, self.node.epoch)
+                continue
+            if role == "leader" and epoch > self.node.epoch:
+                log.warning(
+                    "peer %s leads at epoch %d, newer than ours (%d): following it",
+                    address,
+                    epoch,
+                    self.node.epoch,
+                )
+                self.node = node_state.NodeState("follower", epoch)
+                node_state.save(self.data_dir, self.node)
+                return
+
+    def _node_name(self) -> str:
+        return self.config.replication_listener or str(self.data_dir)
+
+    def start_replication(self) -> None:
+        if not self.replicating:
+            return
+        self.replication = ChildSlot()
+        self._spawn_replication()
+
+    def _spawn_replication(self) -> None:
+        assert self.replication is not None
+        spec = replicator.ReplicationSpec(
+            data_dir=self.data_dir,
+            status_path=self.replication_status_path,
+            node=self._node_name(),
+            listener=self.config.replication_listener,
+            peers=self.config.replication_peers,
+            role=self.node.role,
+            epoch=self.node.epoch,
+            lag_time_max_ms=self.config.replica_lag_time_max_ms,
+            socket_timeout_ms=self.config.replica_socket_timeout_ms,
+            key_file=self.config.replication_secret_key_file,
+            allowed_keys_dir=self.config.replication_allowed_keys_dir,
+            log_config=self.config.log,
+        )
+        parent_end, child_end = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=_replication_main, args=(spec, child_end), name="replication", daemon=False
+        )
+        process.start()
+        child_end.close()
+        self.replication.process, self._replication_pipe = process, parent_end
+        self.notify_replication()
+
+    def notify_replication(self) -> None:
+        """Tell the replicator (leader role) which partitions exist and where their control blocks are."""
+        if self._replication_pipe is None or not self.is_leader:
+            return
+        controls = {tp_name(t, p): slot.control.name for (t, p), slot in self.slots.items()}
+        try:
+            self._replication_pipe.send(("partitions", controls))
+        except (BrokenPipeError, OSError):
+            pass  # it died: its restart sends the list again
+
+    def _stop_replication(self) -> None:
+        if self.replication is None or self.replication.process is None:
+            return
+        if self._replication_pipe is not None:
+            try:
+                self._replication_pipe.send(("stop",))
+            except (BrokenPipeError, OSError):
+                pass
+        self.replication.process.join(STOP_TIMEOUT_S)
+        if self.replication.process.is_alive():
+            self.replication.process.kill()
+            self.replication.process.join(2)
+        self.replication = None
+        self._replication_pipe = None
+
+    def replication_status(self) -> dict[str, Any] | None:
+        if self.replication is None:
+            return None
+        try:
+            status: dict[str, Any] = json.loads(self.replication_status_path.read_text())
+            return status
+        except (OSError, ValueError):
+            return {"role": self.node.role, "epoch": self.node.epoch, "starting": True}
+
+    def promote(self) -> int:
+        """Follower -> leader with a new epoch, above every epoch this broker's logs have seen."""
+        if self.is_leader:
+            raise NotLeaderOrFollowerError(f"this broker already leads (epoch {self.node.epoch})")
+        self._stop_replication()  # closes the follower's logs cleanly: the workers open them next
+        self.topics = TopicStore(self.data_dir)
+        newest = self.node.epoch
+        for spec in self.topics.topics.values():
+            for p in range(spec.partitions):
+                newest = max(newest, EpochCache(self.topics.partition_dir(spec.name, p)).latest_epoch)
+        self.node = node_state.NodeState("leader", newest + 1)
+        node_state.save(self.data_dir, self.node)
+        for spec in list(self.topics.topics.values()):
+            self.start_topic(spec)
+        self.start_replication()
+        return self.node.epoch
+
     def coordinator_alive(self) -> bool:
         c = self.coordinator
         return c is not None and c.process is not None and c.process.exitcode is None
@@ -311,6 +449,7 @@ class Supervisor:
         lane.lane.unlink()
 
     def shutdown(self) -> None:
+        self._stop_replication()
         for slot in list(self.slots.values()):
             slot.send("stop")
         if self.coordinator is not None and self.coordinator.process is not None:
@@ -358,6 +497,13 @@ def _worker_main(spec: partition.WorkerSpec, commands: Connection) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {spec.topic}-{spec.partition} %(message)s")
     partition.run(spec, commands)
+
+
+def _replication_main(spec: replicator.ReplicationSpec, commands: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s replication %(message)s")
+    replicator.run(spec, commands)
 
 
 def _exit_cleanly(*_: object) -> None:

@@ -19,16 +19,26 @@ STOP_TIMEOUT_S = 15.0
 
 
 class BrokerProcess:
-    def __init__(self, data_dir: Path, port: int, *, config: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        *,
+        config: Path | None = None,
+        address: str | None = None,
+        argv_prefix: list[str] | None = None,
+    ) -> None:
         self.data_dir, self.port = data_dir, port
-        self.address = f"tcp://127.0.0.1:{port}"
+        self.address = address or f"tcp://127.0.0.1:{port}"
         self.config = config
+        self.argv_prefix = argv_prefix or []  # e.g. ["ip", "netns", "exec", NS]: it execs, same pid
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self.ready_line = ""
 
     def start(self) -> BrokerProcess:
         args = [
+            *self.argv_prefix,
             sys.executable,
             "-m",
             "shmbroker",

@@ -129,5 +129,7 @@ def test_truncate_and_restart_keep_the_epoch_cache_in_step(tmp_path: Path) -> No
     assert (reopened.log_start_offset, reopened.log_end_offset, reopened.epochs.entries) == (40, 40, [])
     _stamped(reopened, [b"z"], 6)
     view = memoryview(reopened.segments[-1][1].read_bytes())
-    assert [h.partition_leader_epoch for _p, h in iter_batches(view[: reopened.statistics().size_bytes])] == [6]
+    assert [h.partition_leader_epoch for _p, h in iter_batches(view[: reopened.statistics().size_bytes])] == [
+        6
+    ]
     reopened.close()

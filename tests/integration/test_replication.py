@@ -1,0 +1,280 @@
+"""Replication between two real brokers on two network namespaces: acks=all, the in-sync set,
+min.insync.replicas, promote after the leader's death, and an old leader that returns.
+
+Loss accounting: every record whose delivery callback said success is read back from the broker
+that leads afterwards, at the same offset, with the same value (lost must be 0)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shmbroker import Consumer, NewTopic, Producer, TopicPartition
+from shmbroker.client.types import KafkaError, KafkaException
+from tests.integration.replication_fixture import ReplicatedPair, wait_for
+from tests.netns import NetnsPair
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "orders"
+PARTITIONS = 2
+
+
+@pytest.fixture
+def replicated(tmp_path: Path, netns_pair: NetnsPair) -> Iterator[ReplicatedPair]:
+    pair = ReplicatedPair(tmp_path, netns_pair, extra='"min.insync.replicas" = 2\n')
+    try:
+        pair.start("a")
+        pair.start("b")
+        admin = pair.admin("a")
+        try:
+            for future in admin.create_topics([NewTopic(TOPIC, PARTITIONS)]).values():
+                future.result()
+        finally:
+            admin.close()
+        for p in range(PARTITIONS):
+            wait_for(f"follower in sync on {TOPIC}/{p}", lambda p=p: pair.in_sync(f"{TOPIC}/{p}"))
+        yield pair
+    finally:
+        pair.close()
+
+
+def produce(
+    address: str, n: int, *, acks: str, tag: str, timeout_ms: int = 30000
+) -> tuple[dict[tuple[int, int], bytes], list[KafkaError]]:
+    """Produce ``n`` records round-robin over the partitions; return (acked (partition, offset) ->
+    value, errors)."""
+    acked: dict[tuple[int, int], bytes] = {}
+    errors: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, msg: object) -> None:
+        if err is None:
+            acked[(msg.partition(), msg.offset())] = msg.value()  # type: ignore[attr-defined]
+        else:
+            errors.append(err)
+
+    producer = Producer(
+        {"bootstrap.servers": address, "acks": acks, "linger.ms": 2, "message.timeout.ms": timeout_ms}
+    )
+    for i in range(n):
+        value = f"{tag}-{i}".encode()
+        while True:
+            try:
+                producer.produce(TOPIC, value, partition=i % PARTITIONS, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    assert producer.flush(timeout_ms / 1000 + 10) == 0
+    return acked, errors
+
+
+def read_all(address: str, *, timeout_s: float = 20.0) -> dict[tuple[int, int], bytes]:
+    """Every record below each partition's high watermark."""
+    consumer = Consumer({"bootstrap.servers": address})
+    try:
+        out: dict[tuple[int, int], bytes] = {}
+        for p in range(PARTITIONS):
+            low, high = consumer.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=10)
+            consumer.assign([TopicPartition(TOPIC, p, low)])
+            deadline = time.monotonic() + timeout_s
+            got = low
+            while got < high and time.monotonic() < deadline:
+                for msg in consumer.consume(10000, timeout=0.5):
+                    assert msg.error() is None, msg.error()
+                    out[(p, msg.offset())] = msg.value()  # type: ignore[assignment]
+                    got = msg.offset() + 1
+            assert got == high, f"partition {p}: read to {got}, high watermark {high}"
+        return out
+    finally:
+        consumer.close()
+
+
+def assert_dense(records: dict[tuple[int, int], bytes]) -> None:
+    for p in range(PARTITIONS):
+        offsets = sorted(o for q, o in records if q == p)
+        assert offsets == list(range(offsets[0], offsets[0] + len(offsets))) if offsets else True
+
+
+def watermarks(address: str, p: int) -> tuple[int, int]:
+    consumer = Consumer({"bootstrap.servers": address})
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=10)
+        return int(low), int(high)
+    finally:
+        consumer.close()
+
+
+def test_acks_all_then_the_leader_dies_and_the_promoted_follower_has_every_acked_record(
+    replicated: ReplicatedPair,
+) -> None:
+    acked, errors = produce(replicated.address("a"), 20_000, acks="all", tag="before")
+    assert not errors and len(acked) == 20_000
+    replicated.kill("a")  # SIGKILL: the supervisor and all its children
+    admin = replicated.admin("b")
+    try:
+        assert admin.promote() == 1  # epoch 0 -> 1
+    finally:
+        admin.close()
+    after = read_all(replicated.address("b"))
+    lost = [key for key, value in acked.items() if after.get(key) != value]
+    assert lost == [], f"{len(lost)} acked records lost, e.g. {lost[:5]}"
+    assert_dense(after)
+    # The new leader takes writes at once, in its new epoch.
+    more, errors = produce(replicated.address("b"), 1000, acks="1", tag="after")
+    assert not errors and len(more) == 1000
+    status = replicated.status("b")
+    assert status["role"] == "leader" and status["leader_epoch"] == 1
+
+
+def test_follower_cut_off_acks_all_is_refused_acks_1_goes_on_then_it_catches_up_and_rejoins(
+    replicated: ReplicatedPair,
+) -> None:
+    acked, errors = produce(replicated.address("a"), 2000, acks="all", tag="up")
+    assert not errors
+    replicated.net.cut()
+    for p in range(PARTITIONS):
+        wait_for(f"follower out of sync on {p}", lambda p=p: not replicated.in_sync(f"{TOPIC}/{p}"))
+    ends_before = [watermarks(replicated.address("a"), p)[1] for p in range(PARTITIONS)]
+    _acked, refused = produce(replicated.address("a"), 10, acks="all", tag="refused", timeout_ms=1500)
+    # Refused by the leader (retried until message.timeout.ms), or timed out locally while waiting
+    # for a retry: never acked either way.
+    codes = {e.code() for e in refused}
+    assert KafkaError.NOT_ENOUGH_REPLICAS in codes and codes <= {
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError._MSG_TIMED_OUT,
+    }
+    assert not _acked
+    assert [
+        watermarks(replicated.address("a"), p)[1] for p in range(PARTITIONS)
+    ] == ends_before  # nothing stored
+    ones, errors = produce(replicated.address("a"), 3000, acks="1", tag="alone")
+    assert not errors and len(ones) == 3000
+    counters_before = replicated.replication("a")["counters"]
+    assert counters_before["isr_shrinks"] >= PARTITIONS
+    replicated.net.restore()
+    for p in range(PARTITIONS):
+        wait_for(
+            f"follower back in sync on {p}", lambda p=p: replicated.in_sync(f"{TOPIC}/{p}"), timeout_s=30
+        )
+    leader = replicated.replication("a")["partitions"]
+    for p in range(PARTITIONS):
+        follower = next(iter(leader[f"{TOPIC}/{p}"]["followers"].values()))
+        assert follower["lag_records"] == 0 and follower["lag_bytes"] == 0
+    again, errors = produce(replicated.address("a"), 1000, acks="all", tag="again")
+    assert not errors and len(again) == 1000
+
+
+def test_consumers_never_read_above_the_high_watermark(replicated: ReplicatedPair) -> None:
+    produce(replicated.address("a"), 100, acks="all", tag="base")
+    hw_before = watermarks(replicated.address("a"), 0)[1]
+    replicated.net.cut()
+    # The follower is still in the in-sync set for up to replica.lag.time.max.ms: the leader's log
+    # grows, its high watermark may not.
+    ones, _errors = produce(replicated.address("a"), 50, acks="1", tag="unreplicated")
+    assert len(ones) == 50
+    consumer = Consumer({"bootstrap.servers": replicated.address("a")})
+    try:
+        consumer.assign([TopicPartition(TOPIC, 0, hw_before)])
+        seen_early = consumer.consume(1000, timeout=0.3)
+        in_sync_still = replicated.in_sync(f"{TOPIC}/0")
+        assert in_sync_still, "test too slow: the follower left the in-sync set before the check"
+        assert seen_early == [], "a consumer read records the follower does not have yet"
+        # Once the follower drops out, the leader stands alone and they become visible.
+        wait_for("follower out of sync", lambda: not replicated.in_sync(f"{TOPIC}/0"))
+        seen = []
+        deadline = time.monotonic() + 10
+        while len(seen) < 25 and time.monotonic() < deadline:
+            seen += consumer.consume(1000, timeout=0.5)
+        assert len(seen) == 25
+    finally:
+        consumer.close()
+        replicated.net.restore()
+
+
+def test_old_leader_returns_cuts_its_divergent_tail_and_follows(replicated: ReplicatedPair) -> None:
+    shared, errors = produce(replicated.address("a"), 1000, acks="all", tag="shared")
+    assert not errors
+    replicated.net.cut()
+    for p in range(PARTITIONS):
+        wait_for("follower out of sync", lambda p=p: not replicated.in_sync(f"{TOPIC}/{p}"))
+    divergent, errors = produce(replicated.address("a"), 400, acks="1", tag="divergent")
+    assert not errors and len(divergent) == 400  # acked with acks=1 by a leader standing alone
+    replicated.kill("a")
+    replicated.net.restore()
+    admin = replicated.admin("b")
+    try:
+        assert admin.promote() == 1
+    finally:
+        admin.close()
+    newer, errors = produce(replicated.address("b"), 600, acks="1", tag="epoch1")
+    assert not errors
+    # The old leader comes back with its old config: it asks its peer, learns of epoch 1, follows.
+    replicated.start("a")
+    status = wait_for("a follows b", lambda: (s := replicated.status("a"))["role"] == "follower" and s)
+    assert status["leader_epoch"] == 1
+    for p in range(PARTITIONS):
+        wait_for(
+            f"a in sync on {p}", lambda p=p: replicated.in_sync(f"{TOPIC}/{p}", follower="a"), timeout_s=30
+        )
+    counters = replicated.replication("a")["counters"]
+    assert counters["truncations"] >= 1
+    # No divergence after healing: a's logs hold exactly b's batches, byte for byte.
+    for p in range(PARTITIONS):
+        a_dir = replicated.root / "data-a" / f"{TOPIC}-{p}"
+        b_dir = replicated.root / "data-b" / f"{TOPIC}-{p}"
+        a_logs = sorted(a_dir.glob("*.log"))
+        b_logs = sorted(b_dir.glob("*.log"))
+        assert [x.name for x in a_logs] == [x.name for x in b_logs]
+        b_end = replicated.status("b")["partitions"][p]["log_end_offset"]
+        a_end = replicated.replication("a")["partitions"][f"{TOPIC}/{p}"]["log_end_offset"]
+        assert a_end == b_end
+        for x, y in zip(a_logs, b_logs, strict=True):
+            assert x.read_bytes().rstrip(b"\0") == y.read_bytes().rstrip(b"\0")
+    everything = read_all(replicated.address("b"))
+    assert all(everything.get(k) == v for k, v in {**shared, **newer}.items())
+    assert not any(v.startswith(b"divergent") for v in everything.values())
+
+
+def test_the_follower_refuses_client_writes_and_strangers_get_nothing(replicated: ReplicatedPair) -> None:
+    producer = Producer({"bootstrap.servers": replicated.address("b"), "message.timeout.ms": 1000})
+    with pytest.raises(KafkaException) as raised:
+        producer.produce(TOPIC, b"x", partition=0)
+        producer.flush(5)
+        raise AssertionError("a follower took a write")
+    assert raised.value.args[0].code() == KafkaError.NOT_LEADER_FOR_PARTITION
+
+
+def test_strangers_on_the_replication_channel_are_refused_counted_and_change_nothing(
+    replicated: ReplicatedPair, tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    acked, _ = produce(replicated.address("a"), 500, acks="all", tag="before")
+    ends = [watermarks(replicated.address("a"), p) for p in range(PARTITIONS)]
+    stranger_keys = tmp_path / "stranger"
+    stranger_keys.mkdir()
+    # b's own key: a legitimate follower that lies about the epoch it has seen.
+    argv = [sys.executable, "-m", "tests.integration.replication_stranger",
+            f"{replicated.net.ip_a}:9400", str(stranger_keys), str(replicated.root / "keys" / "b.key")]  # fmt: skip
+    out = subprocess.run(
+        replicated.net.argv(replicated.net.ns_b, argv), capture_output=True, text=True, timeout=60, check=True
+    )
+    got = json.loads(out.stdout)
+    # Not a frame: a typed ERROR frame (INVALID_REQUEST), then the leader hangs up.
+    assert '"code":42' in got["garbage"] and '"code":42' in got["oversize"]
+    assert got["unknown-key"] == "CLUSTER_AUTHORIZATION_FAILED"
+    assert got["no-key"] == "CLUSTER_AUTHORIZATION_FAILED"
+    assert got["future-epoch"] == "UNKNOWN_LEADER_EPOCH"
+    counters = replicated.replication("a")["counters"]
+    assert counters["bad_peers"] >= 3 and counters["refused_peers"] >= 1
+    assert [watermarks(replicated.address("a"), p) for p in range(PARTITIONS)] == ends
+    for p in range(PARTITIONS):
+        assert replicated.in_sync(f"{TOPIC}/{p}")  # the real follower never noticed
+    more, errors = produce(replicated.address("a"), 100, acks="all", tag="after")
+    assert not errors and len(more) == 100
+    assert read_all(replicated.address("a")).items() >= acked.items()
