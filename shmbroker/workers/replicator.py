@@ -663,6 +663,9 @@ class Follower:
                 if not self.stopping.is_set():
                     self.counters["follow_errors"] += 1
                     log.info("following: %r; retrying", exc)
+            except Exception:  # a bug of ours: log it and keep following rather than stop for good
+                self.counters["follow_errors"] += 1
+                log.exception("following failed; retrying")
             self.stopping.wait(RECONNECT_S)
 
     def status(self) -> dict[str, Any]:

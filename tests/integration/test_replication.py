@@ -283,3 +283,124 @@ def test_strangers_on_the_replication_channel_are_refused_counted_and_change_not
     more, errors = produce(replicated.address("a"), 100, acks="all", tag="after")
     assert not errors and len(more) == 100
     assert read_all(replicated.address("a")).items() >= acked.items()
+
+
+def _child_titled(broker: object, title: str) -> int:
+    def find() -> int | None:
+        for child in broker.children():  # type: ignore[attr-defined]
+            try:
+                if title in " ".join(child.cmdline()):
+                    return int(child.pid)
+            except Exception:
+                continue
+        return None
+
+    return int(wait_for(f"a process titled {title!r}", find))
+
+
+def test_the_leaders_replication_process_killed_under_load_is_restarted_and_loses_nothing(
+    replicated: ReplicatedPair,
+) -> None:
+    import os
+    import signal
+    import threading
+
+    result: dict[str, object] = {}
+
+    def load() -> None:
+        result["acked"], result["errors"] = produce(replicated.address("a"), 30_000, acks="all", tag="load")
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    time.sleep(0.3)
+    first = _child_titled(replicated.brokers["a"], "shmbroker: replication leader")
+    os.kill(first, signal.SIGKILL)
+    thread.join(120)
+    assert not thread.is_alive()
+    acked = result["acked"]
+    assert isinstance(acked, dict) and not result["errors"] and len(acked) == 30_000
+    second = _child_titled(replicated.brokers["a"], "shmbroker: replication leader")
+    assert second != first  # the supervisor restarted it
+    for p in range(PARTITIONS):
+        wait_for(f"follower in sync again on {p}", lambda p=p: replicated.in_sync(f"{TOPIC}/{p}"))
+    replicated.kill("a")
+    admin = replicated.admin("b")
+    try:
+        admin.promote()
+    finally:
+        admin.close()
+    after = read_all(replicated.address("b"))
+    lost = [k for k, v in acked.items() if after.get(k) != v]
+    assert lost == []
+    assert_dense(after)
+
+
+def test_a_paused_follower_drops_out_of_the_in_sync_set_and_rejoins_when_resumed(
+    replicated: ReplicatedPair,
+) -> None:
+    import signal
+
+    import psutil
+
+    follower = replicated.brokers["b"]
+    family = [psutil.Process(follower.pid), *follower.children()]
+    for p in family:
+        p.send_signal(signal.SIGSTOP)
+    try:
+        wait_for("follower out of sync", lambda: not replicated.in_sync(f"{TOPIC}/0"))
+        ones, errors = produce(replicated.address("a"), 2000, acks="1", tag="paused")
+        assert not errors and len(ones) == 2000
+    finally:
+        for p in family:
+            p.send_signal(signal.SIGCONT)
+    for p in range(PARTITIONS):
+        wait_for(
+            f"follower back in sync on {p}", lambda p=p: replicated.in_sync(f"{TOPIC}/{p}"), timeout_s=30
+        )
+    again, errors = produce(replicated.address("a"), 500, acks="all", tag="resumed")
+    assert not errors and len(again) == 500
+
+
+def test_a_follower_whose_disk_fills_falls_out_then_catches_up_once_there_is_room(
+    tmp_path: Path, netns_pair: NetnsPair
+) -> None:
+    import subprocess
+
+    pair = ReplicatedPair(tmp_path, netns_pair)
+    disk = tmp_path / "data-b"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], check=True, timeout=10)
+    try:
+        pair.start("a")
+        pair.start("b")
+        admin = pair.admin("a")
+        try:
+            for future in admin.create_topics([NewTopic(TOPIC, 1)]).values():
+                future.result()
+        finally:
+            admin.close()
+        wait_for("follower in sync", lambda: pair.in_sync(f"{TOPIC}/0"))
+        producer = Producer({"bootstrap.servers": pair.address("a"), "acks": "1", "linger.ms": 5})
+        for i in range(40_000):  # ~40 MiB: more than the follower's 24 MiB disk
+            while True:
+                try:
+                    producer.produce(TOPIC, i.to_bytes(4, "big") * 256, partition=0)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        assert producer.flush(60) == 0
+        leader_end = watermarks(pair.address("a"), 0)[1]
+        assert leader_end == 40_000  # the leader stood alone and went on
+        wait_for("follower out of sync", lambda: not pair.in_sync(f"{TOPIC}/0"))
+        counters = wait_for(
+            "the follower's error counted",
+            lambda: (c := pair.replication("b")["counters"])["follow_errors"] >= 1 and c,
+        )
+        assert counters["follow_errors"] >= 1, "".join(pair.brokers["b"].output)  # KAFKA_STORAGE_ERROR
+        subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True, timeout=10)
+        wait_for("follower back in sync", lambda: pair.in_sync(f"{TOPIC}/0"), timeout_s=60)
+        end = pair.replication("b")["partitions"][f"{TOPIC}/0"]["log_end_offset"]
+        assert end == leader_end
+    finally:
+        pair.close()
+        subprocess.run(["umount", "-l", str(disk)], check=False, timeout=10)
