@@ -7,6 +7,8 @@ the reply leaves when the worker's completion comes back. Remote fetch reads the
 through a read-only mmap up to the high watermark and sends the bytes as they are (``copy=False``);
 a fetch with nothing new waits up to ``fetch.max.wait.ms`` (long poll).
 
+INIT_PRODUCER_ID hands remote producers ids from the same counter as local lanes.
+
 Every request that fails gets a typed error reply (Kafka's code and a message); a message that
 cannot be parsed at all is counted and dropped. Nothing a client sends can stop this loop.
 """
@@ -164,6 +166,12 @@ class BrokerService:
             log.exception("%s request failed", request.api.name)
             return protocol.encode_error_reply(request, BrokerError(f"{request.api.name} failed: {exc!r}"))
 
+    def _on_init_producer_id(self, identity: bytes, request: Message) -> list[Any]:
+        # Epochs would fence a zombie with the same id; every InitProducerId gets a new id instead.
+        return protocol.encode_reply(
+            request, {"producer_id": self.supervisor.new_producer_id(), "producer_epoch": 0}
+        )
+
     def _on_metadata(self, identity: bytes, request: Message) -> list[Any]:
         wanted = field_of(request.body, "topics", list, default=None)
         topics = self.supervisor.topics.topics
@@ -191,6 +199,7 @@ class BrokerService:
                 "broker_pid": os.getpid(),
                 "version": __version__,
                 "max_message_bytes": self.config.log.max_message_bytes,
+                "protocol_revision": protocol.REVISION,
             },
         )
 
