@@ -106,6 +106,8 @@ class BrokerConfig:
     restart_backoff_ms: int = 200  # first restart delay; doubles per crash up to 5 s
     max_restarts: int = 5  # crashes within restart_window_ms before the supervisor gives up on a child
     restart_window_ms: int = 60_000
+    max_connections: int = 1000  # max.connections: distinct clients (ZeroMQ routing ids) served at once
+    connections_max_idle_ms: int = 600_000  # connections.max.idle.ms: a silent client's slot is freed
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -120,6 +122,8 @@ BROKER_KEYS: dict[str, tuple[str, type]] = {
     "cpu.affinity": ("cpu_affinity", bool),
     "restart.backoff.ms": ("restart_backoff_ms", int),
     "max.restarts": ("max_restarts", int),
+    "max.connections": ("max_connections", int),
+    "connections.max.idle.ms": ("connections_max_idle_ms", int),
 }
 
 
@@ -150,4 +154,10 @@ def load_broker_config(
     if listeners is not None:
         changes["listeners"] = listeners
     changes["log"] = log_config_from(log_settings)
-    return dataclasses.replace(BrokerConfig(), **changes)
+    config = dataclasses.replace(BrokerConfig(), **changes)
+    if config.max_connections < 1 or config.connections_max_idle_ms < 1:
+        raise InvalidConfigError(
+            f"max.connections={config.max_connections} and connections.max.idle.ms="
+            f"{config.connections_max_idle_ms} must both be at least 1"
+        )
+    return config
