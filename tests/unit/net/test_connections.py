@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
+from shmbroker.config import load_broker_config
+from shmbroker.errors import InvalidConfigError
 from shmbroker.net.connections import ConnectionTable
 
 
@@ -55,3 +58,17 @@ def test_table_never_exceeds_max(seed: int) -> None:
 def test_refuses_a_limit_below_one() -> None:
     with pytest.raises(ValueError, match="max_connections=0"):
         ConnectionTable(0, 1000)
+
+
+def test_broker_config_takes_the_kafka_connection_keys(tmp_path: Path) -> None:
+    path = tmp_path / "b.toml"
+    assert (load_broker_config().max_connections, load_broker_config().connections_max_idle_ms) == (
+        1000,
+        600_000,
+    )
+    path.write_text('[broker]\n"max.connections" = 3\n"connections.max.idle.ms" = 1500\n')
+    config = load_broker_config(path)
+    assert (config.max_connections, config.connections_max_idle_ms) == (3, 1500)
+    path.write_text('[broker]\n"max.connections" = 0\n')
+    with pytest.raises(InvalidConfigError, match=r"max\.connections=0"):
+        load_broker_config(path)
