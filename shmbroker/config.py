@@ -123,6 +123,8 @@ class BrokerConfig:
     replica_socket_timeout_ms: int = 30_000  # replica.socket.timeout.ms
     replication_secret_key_file: str = ""  # replication.secret.key.file: this broker's own key
     replication_allowed_keys_dir: str = ""  # replication.allowed.keys.dir: followers' keys
+    max_connections: int = 1000  # max.connections: distinct clients (ZeroMQ routing ids) served at once
+    connections_max_idle_ms: int = 600_000  # connections.max.idle.ms: a silent client's slot is freed
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -144,6 +146,8 @@ BROKER_KEYS: dict[str, tuple[str, type]] = {
     "replica.socket.timeout.ms": ("replica_socket_timeout_ms", int),
     "replication.secret.key.file": ("replication_secret_key_file", str),
     "replication.allowed.keys.dir": ("replication_allowed_keys_dir", str),
+    "max.connections": ("max_connections", int),
+    "connections.max.idle.ms": ("connections_max_idle_ms", int),
 }
 
 
@@ -179,4 +183,9 @@ def load_broker_config(
         raise InvalidConfigError(f"replication.role={config.replication_role!r}: leader or follower")
     if config.replication_role == "follower" and not config.replication_peers:
         raise InvalidConfigError("replication.role=follower needs replication.peers (the leader's listener)")
+    if config.max_connections < 1 or config.connections_max_idle_ms < 1:
+        raise InvalidConfigError(
+            f"max.connections={config.max_connections} and connections.max.idle.ms="
+            f"{config.connections_max_idle_ms} must both be at least 1"
+        )
     return config

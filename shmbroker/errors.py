@@ -54,6 +54,14 @@ class NetworkError(BrokerError):
     kafka_code, kafka_name, retriable = 13, "NETWORK_EXCEPTION", True
 
 
+class TooManyConnectionsError(NetworkError):
+    """The listener already serves ``max.connections`` clients; this one is new and is refused.
+
+    Kafka closes such a connection, which its clients see as NETWORK_EXCEPTION (retriable: a slot
+    frees when another client goes idle), so it crosses the wire as 13 and comes back a NetworkError.
+    """
+
+
 class InvalidTopicError(BrokerError):
     """A topic name that is empty, too long, or has characters outside ``[a-zA-Z0-9._-]``."""
 

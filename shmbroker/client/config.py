@@ -46,7 +46,7 @@ IGNORED = {
     "socket.keepalive.enable",
     "retries",
     "retry.backoff.ms",
-    "enable.idempotence",
+    "enable.idempotence",  # a Producer reads it (ProducerConfig); other clients ignore it
     "max.in.flight.requests.per.connection",
     "statistics.interval.ms",
     "log_level",
@@ -126,6 +126,9 @@ class ProducerConfig:
     message_timeout_ms: int
     allow_auto_create: bool
     on_delivery: Callable[..., None] | None
+    # enable.idempotence: remote batches carry a broker-issued producer id and per-partition batch
+    # sequence, so a retry is appended once (net/protocol.py, revision 2). Lanes always deduplicate.
+    enable_idempotence: bool = True
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ProducerConfig:
@@ -142,6 +145,9 @@ class ProducerConfig:
         linger_ms = _int(conf, "linger.ms", 5 if linger is None else int(linger), 0, 900000)
         on_delivery = conf.pop("on_delivery", None) or conf.pop("delivery.report.cb", None)
         conf.pop("error_cb", None)
+        idempotence = str(conf.pop("enable.idempotence", "true")).lower()
+        if idempotence not in ("true", "false"):
+            raise _fail(f'Invalid value {idempotence!r} for configuration property "enable.idempotence"')
         result = cls(
             common=common,
             acks=acks,
@@ -161,6 +167,7 @@ class ProducerConfig:
             ),
             allow_auto_create=str(conf.pop("allow.auto.create.topics", "true")).lower() == "true",
             on_delivery=on_delivery,
+            enable_idempotence=idempotence == "true",
         )
         _reject_unknown(conf, also_ignore=GROUP_KEYS)
         return result

@@ -38,6 +38,11 @@ DeliveryCallback = Callable[[KafkaError | None, Message], None]
 BatchCallback = Callable[[KafkaError | None, str, int, int, int], None]
 
 
+def _stamps(producer_id: int, sequence: int) -> tuple[int, int]:
+    """(producer_id, base_sequence) for a batch: Kafka's -1, -1 when the producer is not idempotent."""
+    return (producer_id, sequence & 0x7FFFFFFF) if producer_id >= 0 else (-1, -1)
+
+
 @dataclass
 class _Sealed:
     """A built batch waiting for the transport, then for its completion."""
@@ -70,7 +75,9 @@ class _Partition:
 class Producer:
     def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self._config = ProducerConfig.from_dict({**(config or {}), **kwargs})
-        self._transports = tx.TransportFactory(self._config.common)
+        self._transports = tx.TransportFactory(
+            self._config.common, idempotent=self._config.enable_idempotence
+        )
         self._partitions: dict[tuple[str, int], _Partition] = {}
         self._topic_partitions: dict[str, int] = {}
         self._sticky: dict[str, int] = {}
@@ -235,13 +242,14 @@ class Producer:
             chunk = values[start : start + per_batch]
             chunk_keys = keys[start : start + per_batch] if keys is not None else None
             sequence = part.transport.reserve()
+            producer_id, base_sequence = _stamps(part.transport.producer_id, sequence)
             batch = records.encode_values(
                 chunk,
                 keys=chunk_keys,
                 timestamp_ms=ts,
                 codec=self._codec,
-                producer_id=part.transport.producer_id,
-                base_sequence=sequence & 0x7FFFFFFF,
+                producer_id=producer_id,
+                base_sequence=base_sequence,
             )
             part.backlog.append(_Sealed(batch, len(chunk), None, on_delivery, now, sequence))
             self._queued_bytes += len(batch)
@@ -332,7 +340,7 @@ class Producer:
         if not part.count:
             return
         sequence = part.transport.reserve()
-        producer_id, base_sequence = part.transport.producer_id, sequence & 0x7FFFFFFF
+        producer_id, base_sequence = _stamps(part.transport.producer_id, sequence)
         if part.builder is not None:
             batch = part.builder.build(
                 codec=self._codec, producer_id=producer_id, base_sequence=base_sequence

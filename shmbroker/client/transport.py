@@ -8,6 +8,12 @@ transport have one shape, so the Producer does not know which it has:
     reserve()                       -> sequence for the next batch built (its base_sequence field)
     try_send(batch, sequence, acks) -> bool (False: full, keep it and retry later, in order)
     poll_completions()              -> [(sequence, base_offset, KafkaError | None)]
+
+Sequences count batches per partition from 0 on both paths, and the worker deduplicates by
+(producer_id, base_sequence). A lane's producer id comes with the lane; a remote producer asks the
+broker for one (INIT_PRODUCER_ID) when ``enable.idempotence`` is on, else stamps -1. A remote
+request unanswered for ``request.timeout.ms`` completes with REQUEST_TIMED_OUT, which the Producer
+retries with the same batch bytes: appended once with idempotence, possibly twice without.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 from shmbroker.client.config import CommonConfig
 from shmbroker.client.connection import Connection
 from shmbroker.client.types import KafkaError, KafkaException
-from shmbroker.errors import BrokerError, error_for_code
+from shmbroker.errors import BrokerError, RequestTimedOutError, error_for_code
 from shmbroker.net.protocol import ApiKey, Message
 from shmbroker.ring.lane import LaneProducer
 
@@ -89,18 +95,30 @@ class LaneTransport:
 class RemoteTransport:
     """Produce with ZeroMQ PRODUCE requests, one batch each, several in flight."""
 
-    producer_id = -1
     max_batch_bytes = 1 << 30
 
-    def __init__(self, factory: TransportFactory, topic: str, partition: int) -> None:
+    def __init__(
+        self,
+        factory: TransportFactory,
+        topic: str,
+        partition: int,
+        *,
+        producer_id: int = -1,
+        request_timeout_s: float = 30.0,
+    ) -> None:
         self._factory, self.topic, self.partition = factory, topic, partition
-        self.in_flight: dict[int, int] = {}  # correlation id -> sequence
+        self.producer_id = producer_id  # -1: not idempotent, the broker appends every copy it gets
+        self._request_timeout_s = request_timeout_s
+        # correlation id -> (sequence, monotonic send time); in send order, so the oldest is first.
+        self.in_flight: dict[int, tuple[int, float]] = {}
         self.done: list[tuple[int, int, KafkaError | None]] = []
         self._next_sequence = 0
 
     def reserve(self) -> int:
+        """The sequence of the next batch: 0, 1, 2... for this partition, as a lane numbers them."""
+        sequence = self._next_sequence
         self._next_sequence += 1
-        return self._next_sequence
+        return sequence
 
     def try_send(self, batch: bytearray, sequence: int, *, acks: int) -> bool:
         if len(self.in_flight) >= MAX_REMOTE_IN_FLIGHT:
@@ -110,19 +128,41 @@ class RemoteTransport:
         cid = self._factory.connection.send(
             ApiKey.PRODUCE, {"topic": self.topic, "partitions": [self.partition], "acks": acks}, [batch]
         )
-        self.in_flight[cid] = sequence
+        self.in_flight[cid] = (sequence, time.monotonic())
         self._factory.owners[cid] = self
         return True
 
     def poll_completions(self) -> list[tuple[int, int, KafkaError | None]]:
         self._factory.pump(0)
+        if self.in_flight:
+            self._time_out(time.monotonic())
         done, self.done = self.done, []
         return done
 
+    def _time_out(self, now_s: float) -> None:
+        """Fail requests unanswered for request.timeout.ms; the Producer sends their batches again.
+
+        ZeroMQ may have lost a request with a dropped connection, or the broker may have appended it
+        and its reply got lost: only the broker can tell, by deduplicating the resent batch.
+        """
+        while self.in_flight:
+            cid, (sequence, sent_s) = next(iter(self.in_flight.items()))
+            if now_s - sent_s < self._request_timeout_s:
+                return
+            del self.in_flight[cid]
+            self._factory.owners.pop(cid, None)
+            self._factory.connection.forget(cid)  # a late reply is dropped; the retry gets its own
+            error = RequestTimedOutError(
+                f"no PRODUCE reply for {self.topic}-{self.partition} within {self._request_timeout_s:.1f} s"
+                " (request.timeout.ms)"
+            )
+            self.done.append((sequence, -1, KafkaError.from_broker_error(error)))
+
     def on_reply(self, reply: Message) -> None:
-        sequence = self.in_flight.pop(reply.correlation_id, None)
-        if sequence is None:
+        entry = self.in_flight.pop(reply.correlation_id, None)
+        if entry is None:
             return
+        sequence = entry[0]
         if reply.error_code:
             self.done.append((sequence, -1, _error(reply.error_code, reply.body.get("error_message", ""))))
             return
@@ -139,7 +179,7 @@ class RemoteTransport:
         return self._factory.pump(timeout_s) > 0
 
     def forget(self, sequence: int) -> None:
-        for cid, seq in list(self.in_flight.items()):
+        for cid, (seq, _sent_s) in list(self.in_flight.items()):
             if seq == sequence:
                 del self.in_flight[cid]
                 self._factory.owners.pop(cid, None)
@@ -150,8 +190,11 @@ class RemoteTransport:
 
 
 class TransportFactory:
-    def __init__(self, common: CommonConfig) -> None:
+    def __init__(self, common: CommonConfig, *, idempotent: bool = False) -> None:
         self.common = common
+        self.idempotent = idempotent  # a Producer's enable.idempotence (remote path only)
+        self._producer_id: int | None = None  # one per producer, asked of the broker once
+        self.protocol_revision = 1  # what the broker speaks (net/protocol.py), from its metadata
         self.connection = Connection.for_config(common)
         self._metadata: Message | None = None
         self._local: bool | None = None
@@ -190,7 +233,24 @@ class TransportFactory:
                 )
             self._local = same_host and self.common.transport != "zmq"
             self.max_message_bytes = int(reply.body.get("max_message_bytes", 1048588))
+            self.protocol_revision = int(reply.body.get("protocol_revision", 1))
         return self._local
+
+    def remote_producer_id(self) -> int:
+        """The id all of this producer's remote partitions stamp; -1 without idempotence.
+
+        A broker of protocol revision 1 issues none: its batches go without (at-least-once on retry).
+        """
+        if self._producer_id is None:
+            self._producer_id = -1
+            if self.idempotent and self.protocol_revision >= 2:
+                try:
+                    reply = self.connection.call(ApiKey.INIT_PRODUCER_ID, {})
+                except BrokerError as exc:
+                    self._producer_id = None  # ask again on the next open
+                    raise KafkaException(KafkaError.from_broker_error(exc)) from exc
+                self._producer_id = int(reply.body["producer_id"])
+        return self._producer_id
 
     def partition_count(self, topic: str, *, allow_auto_create: bool) -> int:
         entry = self.metadata([topic], allow_auto_create=allow_auto_create).body["topics"][0]
@@ -209,7 +269,13 @@ class TransportFactory:
                 raise KafkaException(KafkaError.from_broker_error(exc)) from exc
             transport = LaneTransport(self, topic, partition, reply)
         else:
-            transport = RemoteTransport(self, topic, partition)
+            transport = RemoteTransport(
+                self,
+                topic,
+                partition,
+                producer_id=self.remote_producer_id(),
+                request_timeout_s=self.common.request_timeout_ms / 1000,
+            )
         self.transports.append(transport)
         return transport
 

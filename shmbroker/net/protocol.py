@@ -15,6 +15,19 @@ message:
     frame 2+ data: whole RecordBatch v2 byte ranges, never re-encoded (produce: one batch per
              frame; fetch: the log's bytes as one frame per partition read).
 
+Revisions. The header's ``version`` changes only when the frame layout does; APIs and body fields
+are added under it, and METADATA replies carry ``protocol_revision`` so a client knows what it may
+send (absent = 1):
+
+    1  the APIs up to DELETE_GROUP; remote batches carry producer_id -1 and are never deduplicated
+    2  INIT_PRODUCER_ID: request ``{}``, reply ``{"producer_id": int, "producer_epoch": 0}``. The id
+       comes from the counter the broker's local lanes draw from, so the two never collide. An
+       idempotent remote producer stamps it, and ``base_sequence`` = its per-partition BATCH number
+       (0, 1, 2...; wraps at 2**31, as the local lanes number theirs), into every RecordBatch v2 and
+       resends a timed-out or retriable-failed PRODUCE with the same bytes. The partition worker
+       appends a (producer_id, base_sequence) once; a repeat within its dedup window
+       (workers/partition.py DEDUP_WINDOW batches) is answered with the first append's base offset.
+
 JSON keeps the control plane readable with ``tcpdump``/``zmq`` tools and costs a few microseconds
 per request; record data never passes through it. Every size and count is bounded before anything
 is allocated, and every violation raises RemoteProtocolError naming the limit.
@@ -31,6 +44,7 @@ from typing import Any
 from shmbroker.errors import BrokerError, LocalProtocolError, RemoteProtocolError, error_for_code
 
 VERSION = 1
+REVISION = 2  # see "Revisions" above; METADATA replies carry it as protocol_revision
 HEADER = struct.Struct("<BBHI")  # version, api, flags, correlation_id
 FLAG_REPLY = 0x1
 MAX_BODY_BYTES = 1 << 20
@@ -60,6 +74,7 @@ class ApiKey(IntEnum):
     RESET_OFFSETS = 18
     DELETE_GROUP = 19
     PROMOTE = 30  # make this follower the leader, with a new leader epoch (`shmbroker promote`)
+    INIT_PRODUCER_ID = 20  # revision 2: a producer id for an idempotent remote producer
 
 
 GROUP_APIS = frozenset(range(ApiKey.JOIN_GROUP, ApiKey.DELETE_GROUP + 1))

@@ -98,7 +98,9 @@ class _Lane:
     """One attached lane and what the worker knows of its producer.
 
     A ``trusted`` lane is the router's: it carries remote clients' batches, whose producer ids and
-    sequences are theirs, so only the batch checks apply to it.
+    sequences are theirs, so only the batch checks apply to it. Its batches with a producer id >= 0
+    come from idempotent remote producers (net/protocol.py, revision 2) and are deduplicated by the
+    (producer_id, base_sequence) they carry; those with -1 are appended as they come.
     """
 
     def __init__(self, name: str, producer_id: int, pid: int, trusted: bool) -> None:
@@ -297,6 +299,13 @@ class PartitionWorker:
             raise CorruptRecordError(f"batch sequence {header.base_sequence}; the lane frame says {sequence}")
         return header
 
+    @staticmethod
+    def _dedup_key(lane: _Lane, header: records.BatchHeader) -> tuple[int, int] | None:
+        """Whose repeat this batch could be: local lanes always, the router's only for idempotent ids."""
+        if lane.trusted and header.producer_id < 0:
+            return None
+        return (header.producer_id, header.base_sequence)
+
     def _append(self, lane: _Lane, jobs: list[tuple[int, int]], views: list[memoryview]) -> None:
         now_ms = int(time.time() * 1000)
         done: list[Completion | None] = [None] * len(jobs)
@@ -304,6 +313,10 @@ class PartitionWorker:
         self._compute_high_watermark()
         in_sync = 1 + self.isr_followers
         min_insync = self.spec.log_config.min_insync_replicas
+        keys: dict[int, tuple[int, int]] = {}  # todo index -> dedup key, remembered once appended
+        first: dict[tuple[int, int], int] = {}  # dedup key -> index of its first copy in this turn
+        repeats: list[tuple[int, int]] = []  # (index, index of the first copy): a retry that caught up
+        needs: dict[int, int] = {}  # job index -> high watermark its acks=all completion waits for
         for i, ((sequence, acks), view) in enumerate(zip(jobs, views, strict=True)):
             try:
                 header = self._check_owner(lane, view, sequence)
@@ -315,13 +328,21 @@ class PartitionWorker:
                 self.control.count_error(_error_kind(exc))
                 done[i] = Completion(sequence, -1, -1, 0, exc.kafka_code)
                 continue
-            known = None if lane.trusted else self.recent.get((header.producer_id, header.base_sequence))
-            if known is not None:  # appended before a worker crash: not again, same answer
+            key = self._dedup_key(lane, header)
+            known = None if key is None else self.recent.get(key)
+            if known is not None:  # appended before (a worker crash, a client's retry): same answer
                 done[i] = Completion(sequence, known, -1, header.records_count, 0)
+                if acks == ACKS_ALL and known + header.records_count > self.high_watermark:
+                    needs[i] = known + header.records_count  # acked only once replicated, as the first
                 continue
+            if key is not None and key in first:  # a remote retry drained with its original
+                repeats.append((i, first[key]))
+                continue
+            if key is not None:
+                first[key] = i
+                keys[i] = key
             todo.append(i)
         appended = 0
-        needs: dict[int, int] = {}  # job index -> high watermark its acks=all completion waits for
         if todo:
             try:
                 infos = self.log.append_many(
@@ -343,8 +364,9 @@ class PartitionWorker:
                 done[i] = Completion(
                     sequence, info.base_offset, info.log_append_time_ms, info.records_count, 0
                 )
-                if not lane.trusted:
-                    self._remember(lane.producer_id, sequence & 0x7FFFFFFF, info.base_offset)
+                key = keys.get(i)
+                if key is not None:
+                    self._remember(key[0], key[1], info.base_offset)
             if pairs:
                 if self.isr_followers == 0 and any(jobs[i][1] == ACKS_ALL for i, _info in pairs):
                     self.log.flush()  # the leader is the whole in-sync set: acks=all means on disk
@@ -360,6 +382,12 @@ class PartitionWorker:
                 for i, info in pairs:
                     if jobs[i][1] == ACKS_ALL and info.last_offset >= self.high_watermark:
                         needs[i] = info.last_offset + 1
+        for i, original in repeats:  # the first copy's outcome, appended or refused
+            answer = done[original]
+            assert answer is not None  # every todo index got a completion above
+            done[i] = answer._replace(sequence=jobs[i][0])
+            if original in needs:
+                needs[i] = needs[original]
         answers: list[Completion] = []
         for i, (completion, (_s, acks)) in enumerate(zip(done, jobs, strict=True)):
             if completion is None or acks == 0:

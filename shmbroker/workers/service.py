@@ -7,6 +7,10 @@ the reply leaves when the worker's completion comes back. Remote fetch reads the
 through a read-only mmap up to the high watermark and sends the bytes as they are (``copy=False``);
 a fetch with nothing new waits up to ``fetch.max.wait.ms`` (long poll).
 
+Clients are counted by ZeroMQ routing id (net/connections.py): past ``max.connections`` a request
+from a new client gets NETWORK_EXCEPTION, until a client idle for ``connections.max.idle.ms`` is
+forgotten. INIT_PRODUCER_ID hands remote producers ids from the same counter as local lanes.
+
 Every request that fails gets a typed error reply (Kafka's code and a message); a message that
 cannot be parsed at all is counted and dropped. Nothing a client sends can stop this loop.
 """
@@ -40,10 +44,12 @@ from shmbroker.errors import (
     OffsetOutOfRangeError,
     RemoteProtocolError,
     RequestTimedOutError,
+    TooManyConnectionsError,
     UnknownTopicOrPartitionError,
 )
 from shmbroker.net import protocol
 from shmbroker.net.auth import CurveServer
+from shmbroker.net.connections import ConnectionTable
 from shmbroker.net.protocol import GROUP_APIS, ApiKey, Message, field_of
 from shmbroker.ring.control import WorkerState
 from shmbroker.ring.lane import LaneProducer
@@ -102,6 +108,7 @@ class BrokerService:
         self.relayed: dict[tuple[bytes, int], Message] = {}  # group requests awaiting the coordinator
         self._topics_sent_to = 0
         self._rate_marks: dict[tuple[str, int], tuple[float, int, int]] = {}
+        self.connections = ConnectionTable(config.max_connections, config.connections_max_idle_ms)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -156,6 +163,7 @@ class BrokerService:
             return None
         self.counters[f"requests.{request.api.name}"] += 1
         try:
+            self._admit(identity)
             if not self.supervisor.is_leader and request.api not in FOLLOWER_APIS:
                 raise NotLeaderOrFollowerError(
                     f"this broker follows {', '.join(self.config.replication_peers)}; "
@@ -175,6 +183,21 @@ class BrokerService:
             self.counters["errors.UNKNOWN_SERVER_ERROR"] += 1
             log.exception("%s request failed", request.api.name)
             return protocol.encode_error_reply(request, BrokerError(f"{request.api.name} failed: {exc!r}"))
+
+    def _admit(self, identity: bytes) -> None:
+        # Only a request that decoded takes a slot: garbage is dropped above and holds none.
+        if not self.connections.try_admit(identity, time.monotonic()):
+            self.counters["connections.refused"] += 1
+            raise TooManyConnectionsError(
+                f"max.connections={self.connections.max_connections} clients are connected; retry after "
+                f"one idles out (connections.max.idle.ms={self.config.connections_max_idle_ms})"
+            )
+
+    def _on_init_producer_id(self, identity: bytes, request: Message) -> list[Any]:
+        # Epochs would fence a zombie with the same id; every InitProducerId gets a new id instead.
+        return protocol.encode_reply(
+            request, {"producer_id": self.supervisor.new_producer_id(), "producer_epoch": 0}
+        )
 
     def _on_metadata(self, identity: bytes, request: Message) -> list[Any]:
         wanted = field_of(request.body, "topics", list, default=None)
@@ -207,6 +230,7 @@ class BrokerService:
                 "max_message_bytes": self.config.log.max_message_bytes,
                 "role": self.supervisor.node.role,
                 "leader_epoch": self.supervisor.node.epoch,
+                "protocol_revision": protocol.REVISION,
             },
         )
 
@@ -385,6 +409,7 @@ class BrokerService:
                 "processes": processes,
                 "partitions": partitions,
                 "counters": dict(self.counters),
+                "connections": len(self.connections),
                 "data_dir": str(self.supervisor.data_dir),
                 "listeners": self.config.listeners,
                 "role": self.supervisor.node.role,
@@ -710,6 +735,7 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
             now = time.monotonic()
             if now >= next_watch:
                 service.supervisor.watch(now)
+                service.connections.expire(now)
                 next_watch = now + 0.2
                 if not service.supervisor.coordinator_alive() and service.relayed:
                     service.fail_relayed(socket)

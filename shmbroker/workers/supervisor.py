@@ -424,6 +424,15 @@ class Supervisor:
                     self.close_lane(slot, lane.name)
 
     # -- lanes ------------------------------------------------------------------------------------
+    def new_producer_id(self) -> int:
+        """A producer id for a local lane or a remote idempotent producer: one counter, so never shared.
+
+        Workers deduplicate by (producer_id, base_sequence), so two producers with one id could have
+        each other's batches taken for repeats.
+        """
+        self._next_producer_id += 1
+        return self._next_producer_id
+
     def open_lane(self, topic: str, partition_id: int, pid: int, *, trusted: bool = False) -> LaneRecord:
         slot = self.slots[(topic, partition_id)]
         name, block = create_lane(
@@ -432,9 +441,8 @@ class Supervisor:
             control_name=slot.control.name,
             name=self._new_registered_name(),
         )
-        self._next_producer_id += 1
         lane = LaneRecord(
-            name, topic, partition_id, self._next_producer_id, pid, _create_time(pid), block, trusted
+            name, topic, partition_id, self.new_producer_id(), pid, _create_time(pid), block, trusted
         )
         slot.lanes[name] = lane
         slot.send("attach", name, lane.producer_id, pid, trusted)
