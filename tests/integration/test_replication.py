@@ -275,8 +275,10 @@ def test_strangers_on_the_replication_channel_are_refused_counted_and_change_not
     assert got["unknown-key"] == "CLUSTER_AUTHORIZATION_FAILED"
     assert got["no-key"] == "CLUSTER_AUTHORIZATION_FAILED"
     assert got["future-epoch"] == "UNKNOWN_LEADER_EPOCH"
-    counters = replicated.replication("a")["counters"]
-    assert counters["bad_peers"] >= 3 and counters["refused_peers"] >= 1
+    wait_for(  # the replicator's status is written twice a second
+        "strangers counted",
+        lambda: (c := replicated.replication("a")["counters"])["bad_peers"] >= 3 and c["refused_peers"] >= 1,
+    )
     assert [watermarks(replicated.address("a"), p) for p in range(PARTITIONS)] == ends
     for p in range(PARTITIONS):
         assert replicated.in_sync(f"{TOPIC}/{p}")  # the real follower never noticed
@@ -389,9 +391,12 @@ def test_a_follower_whose_disk_fills_falls_out_then_catches_up_once_there_is_roo
                 except BufferError:
                     producer.poll(0.01)
         assert producer.flush(60) == 0
-        leader_end = watermarks(pair.address("a"), 0)[1]
-        assert leader_end == 40_000  # the leader stood alone and went on
         wait_for("follower out of sync", lambda: not pair.in_sync(f"{TOPIC}/0"))
+        # The leader then stands alone: its high watermark reaches its log end.
+        leader_end = wait_for(
+            "high watermark at the log end", lambda: watermarks(pair.address("a"), 0)[1] == 40_000
+        )
+        leader_end = 40_000
         counters = wait_for(
             "the follower's error counted",
             lambda: (c := pair.replication("b")["counters"])["follow_errors"] >= 1 and c,
