@@ -112,4 +112,11 @@ class Connection:
         return len(self._state.in_flight)
 
     def close(self) -> None:
-        self._socket.close(0)
+        # Say goodbye so the broker frees this client's max.connections slot now; a broker that is
+        # gone never hears it, and closing does not wait (the message lingers in the background).
+        try:
+            _cid, frames = self._state.request(ApiKey.GOODBYE, {}, None)
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError:
+            pass
+        self._socket.close(linger=200)

@@ -42,6 +42,10 @@ class ConnectionTable:
         self._last_seen[identity] = now_s
         return True
 
+    def forget(self, identity: bytes) -> None:
+        """The client said goodbye: its slot is free now, not after the idle time."""
+        self._last_seen.pop(identity, None)
+
     def expire(self, now_s: float) -> int:
         """Forget every id silent for longer than the idle time; return how many went."""
         cutoff, gone = now_s - self._max_idle_s, 0

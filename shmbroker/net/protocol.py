@@ -27,6 +27,9 @@ send (absent = 1):
        resends a timed-out or retriable-failed PRODUCE with the same bytes. The partition worker
        appends a (producer_id, base_sequence) once; a repeat within its dedup window
        (workers/partition.py DEDUP_WINDOW batches) is answered with the first append's base offset.
+    3  GOODBYE (no reply): sent by a closing client, so the router frees its ``max.connections``
+       slot at once. PROMOTE: make a follower broker the leader. INTERNAL_*: router <-> supervisor
+       only (workers/router.py); the router refuses them from clients.
 
 JSON keeps the control plane readable with ``tcpdump``/``zmq`` tools and costs a few microseconds
 per request; record data never passes through it. Every size and count is bounded before anything
@@ -44,7 +47,7 @@ from typing import Any
 from shmbroker.errors import BrokerError, LocalProtocolError, RemoteProtocolError, error_for_code
 
 VERSION = 1
-REVISION = 2  # see "Revisions" above; METADATA replies carry it as protocol_revision
+REVISION = 3  # see "Revisions" above; METADATA replies carry it as protocol_revision
 HEADER = struct.Struct("<BBHI")  # version, api, flags, correlation_id
 FLAG_REPLY = 0x1
 MAX_BODY_BYTES = 1 << 20
@@ -74,10 +77,18 @@ class ApiKey(IntEnum):
     RESET_OFFSETS = 18
     DELETE_GROUP = 19
     PROMOTE = 30  # make this follower the leader, with a new leader epoch (`shmbroker promote`)
+    # Between the router process and the supervisor only (workers/router.py); refused from clients.
+    INTERNAL_PARTITIONS = 40  # -> role, [(topic, partition, control block name, directory)]
+    INTERNAL_OPEN_ROUTER_LANE = 41  # a trusted lane for the router's remote produce
+    INTERNAL_ROUTER_READY = 42  # the router has bound the public listener
     INIT_PRODUCER_ID = 20  # revision 2: a producer id for an idempotent remote producer
+    GOODBYE = 21  # revision 3: the client closes; no reply. Frees its max.connections slot at once
 
 
 GROUP_APIS = frozenset(range(ApiKey.JOIN_GROUP, ApiKey.DELETE_GROUP + 1))
+INTERNAL_APIS = frozenset(
+    {ApiKey.INTERNAL_PARTITIONS, ApiKey.INTERNAL_OPEN_ROUTER_LANE, ApiKey.INTERNAL_ROUTER_READY}
+)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,11 @@
-"""``shmbroker serve``: the supervisor's main loop and the ZeroMQ listener it answers clients on.
+"""``shmbroker serve``: the supervisor's main loop and the control requests it answers.
 
-The listener is one ROUTER socket. Control requests (metadata, topics, lane hand-over, offsets,
-status) are answered at once. Remote produce goes into this process's own shared-memory lane
-for the partition, so the worker sees one more local producer and the write path stays single;
-the reply leaves when the worker's completion comes back. Remote fetch reads the segment files
-through a read-only mmap up to the high watermark and sends the bytes as they are (``copy=False``);
-a fetch with nothing new waits up to ``fetch.max.wait.ms`` (long poll).
-
-Clients are counted by ZeroMQ routing id (net/connections.py): past ``max.connections`` a request
-from a new client gets NETWORK_EXCEPTION, until a client idle for ``connections.max.idle.ms`` is
-forgotten. INIT_PRODUCER_ID hands remote producers ids from the same counter as local lanes.
+Remote clients talk to the router process (workers/router.py), which owns the public listener and the
+remote data path (produce into its own lanes, fetch from the segment files). Every other request
+(metadata, topics, local lane hand-over, offsets, status, groups, promote) the router relays here,
+over a private ipc ROUTER socket in the broker's 0700 runtime directory, with the client's identity
+in front: ``[router, client identity, header, body...]``. Replies go back the same way. The router
+is a child like the workers: if it dies, the supervisor restarts it and clients reconnect.
 
 Every request that fails gets a typed error reply (Kafka's code and a message); a message that
 cannot be parsed at all is counted and dropped. Nothing a client sends can stop this loop.
@@ -23,8 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, deque
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -39,33 +34,26 @@ from shmbroker.errors import (
     CoordinatorNotAvailableError,
     InvalidConfigError,
     InvalidRequestError,
-    InvalidRequiredAcksError,
     NotLeaderOrFollowerError,
     OffsetOutOfRangeError,
     RemoteProtocolError,
-    RequestTimedOutError,
-    TooManyConnectionsError,
     UnknownTopicOrPartitionError,
 )
 from shmbroker.net import protocol
 from shmbroker.net.auth import CurveServer
-from shmbroker.net.connections import ConnectionTable
-from shmbroker.net.protocol import GROUP_APIS, ApiKey, Message, field_of
+from shmbroker.net.protocol import GROUP_APIS, INTERNAL_APIS, ApiKey, Message, field_of
 from shmbroker.ring.control import WorkerState
-from shmbroker.ring.lane import LaneProducer
 from shmbroker.workers.supervisor import Supervisor
 from shmbroker.workers.topics import TopicStore, check_topic_name
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 50
+ROUTER_IDENTITY = b"router"  # the client identity of the router's own calls (INTERNAL_APIS)
 # What a follower answers itself; everything else (produce, fetch, lanes, admin, groups) belongs to
 # the leader and gets NOT_LEADER_OR_FOLLOWER, which clients retry.
-FOLLOWER_APIS = frozenset({ApiKey.METADATA, ApiKey.STATUS, ApiKey.PROMOTE})
+FOLLOWER_APIS = frozenset({ApiKey.METADATA, ApiKey.STATUS, ApiKey.PROMOTE}) | INTERNAL_APIS
 TOPIC_READY_TIMEOUT_S = 10.0
-ROUTER_BACKLOG_BYTES = 256 << 20  # remote batches waiting for room in a router lane, all partitions
-FETCH_MAX_BYTES = 50 << 20
-PARTITION_FETCH_MAX_BYTES = 1 << 20
 
 
 def host_id() -> str:
@@ -76,39 +64,18 @@ def host_id() -> str:
         return os.uname().nodename
 
 
-@dataclass
-class PendingProduce:
-    identity: bytes
-    request: Message
-    outstanding: int
-    results: list[dict[str, Any]]
-
-
-@dataclass
-class PendingFetch:
-    identity: bytes
-    request: Message
-    deadline: float
-
-
 class BrokerService:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self.supervisor = Supervisor(config)
         self.counters: Counter[str] = Counter()
-        self.readers: dict[tuple[str, int], LogReader] = {}
-        self.router_lanes: dict[tuple[str, int], Any] = {}
-        self.pending_produce: dict[tuple[str, int, int], tuple[PendingProduce, int]] = {}
-        self.pending_fetches: list[PendingFetch] = []
-        self.router_backlog: dict[tuple[str, int], deque[tuple[int, int, memoryview]]] = {}
-        self.router_backlog_bytes = 0
-        self._sequence = 0
+        self.readers: dict[tuple[str, int], LogReader] = {}  # ListOffsets by timestamp
+        self.router_peer: bytes | None = None  # the router's relay socket, where deferred replies go
         self._processes: dict[int, psutil.Process] = {}
         self.relay: zmq.Socket[Any] | None = None
         self.relayed: dict[tuple[bytes, int], Message] = {}  # group requests awaiting the coordinator
         self._topics_sent_to = 0
         self._rate_marks: dict[tuple[str, int], tuple[float, int, int]] = {}
-        self.connections = ConnectionTable(config.max_connections, config.connections_max_idle_ms)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,14 +109,17 @@ class BrokerService:
         if len(frames) >= 2 and len(frames[1]) == protocol.HEADER.size:
             correlation_id = protocol.HEADER.unpack(frames[1].bytes)[3]
             self.relayed.pop((frames[0].bytes, correlation_id), None)
-        socket.send_multipart(frames, copy=False)
+        if self.router_peer is not None:
+            socket.send_multipart([self.router_peer, *frames], copy=False)
 
     def fail_relayed(self, socket: zmq.Socket[Any]) -> None:
         """The coordinator died with these requests (parked joins among them): answer them now, retriable,
         rather than let each client wait out its timeout."""
         error = CoordinatorNotAvailableError("the group coordinator restarted; retry")
         for (identity, _cid), request in self.relayed.items():
-            socket.send_multipart([identity, *protocol.encode_error_reply(request, error)], copy=False)
+            if self.router_peer is not None:
+                reply = protocol.encode_error_reply(request, error)
+                socket.send_multipart([self.router_peer, identity, *reply], copy=False)
         self.relayed.clear()
 
     # -- request dispatch ----------------------------------------------------------------------------
@@ -163,7 +133,8 @@ class BrokerService:
             return None
         self.counters[f"requests.{request.api.name}"] += 1
         try:
-            self._admit(identity)
+            if request.api in INTERNAL_APIS and identity != ROUTER_IDENTITY:
+                raise InvalidRequestError(f"{request.api.name} is internal to the broker")
             if not self.supervisor.is_leader and request.api not in FOLLOWER_APIS:
                 raise NotLeaderOrFollowerError(
                     f"this broker follows {', '.join(self.config.replication_peers)}; "
@@ -183,15 +154,6 @@ class BrokerService:
             self.counters["errors.UNKNOWN_SERVER_ERROR"] += 1
             log.exception("%s request failed", request.api.name)
             return protocol.encode_error_reply(request, BrokerError(f"{request.api.name} failed: {exc!r}"))
-
-    def _admit(self, identity: bytes) -> None:
-        # Only a request that decoded takes a slot: garbage is dropped above and holds none.
-        if not self.connections.try_admit(identity, time.monotonic()):
-            self.counters["connections.refused"] += 1
-            raise TooManyConnectionsError(
-                f"max.connections={self.connections.max_connections} clients are connected; retry after "
-                f"one idles out (connections.max.idle.ms={self.config.connections_max_idle_ms})"
-            )
 
     def _on_init_producer_id(self, identity: bytes, request: Message) -> list[Any]:
         # Epochs would fence a zombie with the same id; every InitProducerId gets a new id instead.
@@ -277,10 +239,6 @@ class BrokerService:
                 self.supervisor.stop_topic(name)
                 for key in [k for k in self.readers if k[0] == name]:
                     self.readers.pop(key).close()
-                for key in [k for k in self.router_lanes if k[0] == name]:
-                    self.router_lanes.pop(key).close()
-                    for _seq, _acks, batch in self.router_backlog.pop(key, ()):
-                        self.router_backlog_bytes -= len(batch)
                 self.supervisor.topics.delete(name)
                 self.send_topics()
                 results.append({"name": name, "error_code": 0})
@@ -389,9 +347,10 @@ class BrokerService:
         processes = [self._process_row("supervisor", os.getpid())]
         partitions = []
         now = time.monotonic()
-        replication = self.supervisor.replication
-        if replication is not None and replication.process is not None and replication.process.pid:
-            processes.append(self._process_row("replication", replication.process.pid))
+        for role, child in (("router", self.supervisor.router), ("replication", self.supervisor.replication)):
+            if child is not None and child.process is not None and child.process.pid:
+                processes.append(self._process_row(role, child.process.pid))
+        router = self.supervisor.router_status()
         for (topic, partition), slot in sorted(self.supervisor.slots.items()):
             info = self._partition_info(topic, partition)
             # Rates over the time since the previous status request (the first one reports 0).
@@ -408,8 +367,9 @@ class BrokerService:
             {
                 "processes": processes,
                 "partitions": partitions,
-                "counters": dict(self.counters),
-                "connections": len(self.connections),
+                "counters": dict(self.counters + Counter(router.get("counters", {}))),
+                "connections": router.get("connections", 0),
+                "router": router,
                 "data_dir": str(self.supervisor.data_dir),
                 "listeners": self.config.listeners,
                 "role": self.supervisor.node.role,
@@ -429,86 +389,24 @@ class BrokerService:
             request, {"leader_epoch": epoch, "partitions": len(self.supervisor.slots)}
         )
 
-    # -- remote produce and fetch ----------------------------------------------------------------------
-    def _router_lane(self, topic: str, partition: int) -> Any:
-        lane = self.router_lanes.get((topic, partition))
-        if lane is None:
-            record = self.supervisor.open_lane(topic, partition, os.getpid(), trusted=True)
-            lane = LaneProducer.attach(record.name)
-            self.router_lanes[(topic, partition)] = lane
-        return lane
+    # -- the router's own calls (INTERNAL_APIS) ---------------------------------------------------------
+    def _on_internal_partitions(self, identity: bytes, request: Message) -> list[Any]:
+        partitions = [
+            [topic, p, slot.control.name, str(self.supervisor.topics.partition_dir(topic, p))]
+            for (topic, p), slot in sorted(self.supervisor.slots.items())
+        ]
+        return protocol.encode_reply(request, {"role": self.supervisor.node.role, "partitions": partitions})
 
-    def _on_produce(self, identity: bytes, request: Message) -> list[Any] | None:
-        topic = check_topic_name(field_of(request.body, "topic", str))
-        partitions = field_of(request.body, "partitions", list)  # one partition id per data frame
-        acks = field_of(request.body, "acks", int, default=1)
-        if len(partitions) != len(request.data):
-            raise InvalidRequestError(f"{len(partitions)} partitions for {len(request.data)} batches")
-        pending = PendingProduce(identity, request, 0, [{} for _ in partitions])
-        for i, (partition, batch) in enumerate(zip(partitions, request.data, strict=True)):
-            try:
-                if isinstance(partition, bool) or not isinstance(partition, int):
-                    raise InvalidRequestError(f"partition {partition!r} is not an integer")
-                self.supervisor.topics.check_partition(topic, partition)
-                if acks not in (0, 1, -1):
-                    raise InvalidRequiredAcksError(f"acks={acks}: 0, 1 or -1 (all)")
-                self._sequence += 1
-                key = (topic, partition)
-                backlog = self.router_backlog.setdefault(key, deque())
-                if backlog or not self._router_lane(topic, partition).try_send(
-                    batch, sequence=self._sequence, acks=acks
-                ):
-                    if self.router_backlog_bytes + len(batch) > ROUTER_BACKLOG_BYTES:
-                        raise RequestTimedOutError(
-                            "the partition's router lane is full; retry (the worker is behind)"
-                        )
-                    # The lane is full: keep the batch (a zmq frame, no copy) and send it in order later.
-                    backlog.append((self._sequence, acks, batch))
-                    self.router_backlog_bytes += len(batch)
-                if acks == 0:  # nobody waits for the append (Kafka's acks=0)
-                    pending.results[i] = {"base_offset": -1, "error_code": 0, "partition": partition}
-                    continue
-                pending.outstanding += 1
-                self.pending_produce[(topic, partition, self._sequence)] = (pending, i)
-            except BrokerError as exc:
-                pending.results[i] = {"error_code": exc.kafka_code, "error_message": str(exc)}
-        if pending.outstanding == 0:
-            return protocol.encode_reply(request, {"results": pending.results})
-        return None
+    def _on_internal_open_router_lane(self, identity: bytes, request: Message) -> list[Any]:
+        slot = self._slot(request.body)
+        lane = self.supervisor.open_lane(
+            slot.topic, slot.partition, field_of(request.body, "pid", int), trusted=True
+        )
+        return protocol.encode_reply(request, {"lane": lane.name})
 
-    def send_backlog(self) -> None:
-        for key, backlog in self.router_backlog.items():
-            lane = self.router_lanes.get(key)
-            while backlog and lane is not None:
-                sequence, acks, batch = backlog[0]
-                if not lane.try_send(batch, sequence=sequence, acks=acks):
-                    break
-                backlog.popleft()
-                self.router_backlog_bytes -= len(batch)
-
-    def collect_completions(self, socket: zmq.Socket[Any]) -> None:
-        if self.router_backlog_bytes:
-            self.send_backlog()
-        for (topic, partition), lane in self.router_lanes.items():
-            for c in lane.poll_completions():
-                entry = self.pending_produce.pop((topic, partition, c.sequence), None)
-                if entry is None:
-                    continue
-                pending, i = entry
-                pending.results[i] = {
-                    "base_offset": c.base_offset,
-                    "error_code": c.error_code,
-                    "partition": partition,
-                }
-                pending.outstanding -= 1
-                if pending.outstanding == 0:
-                    socket.send_multipart(
-                        [
-                            pending.identity,
-                            *protocol.encode_reply(pending.request, {"results": pending.results}),
-                        ],
-                        copy=False,
-                    )
+    def _on_internal_router_ready(self, identity: bytes, request: Message) -> list[Any]:
+        self.supervisor.router_ready_pid = field_of(request.body, "pid", int)
+        return protocol.encode_reply(request, {})
 
     def _reader(self, topic: str, partition: int) -> LogReader:
         reader = self.readers.get((topic, partition))
@@ -517,88 +415,10 @@ class BrokerService:
             self.readers[(topic, partition)] = reader
         return reader
 
-    def _on_fetch(self, identity: bytes, request: Message) -> list[Any] | None:
-        reply = self._try_fetch(request)
-        if reply is not None:
-            return reply
-        wait_ms = field_of(request.body, "max_wait_ms", int, default=500)
-        self.pending_fetches.append(
-            PendingFetch(identity, request, time.monotonic() + min(wait_ms, 30_000) / 1000)
-        )
-        return None
-
-    def _try_fetch(self, request: Message, *, final: bool = False) -> list[Any] | None:
-        """Read every requested partition; None when nothing is there yet and we may still wait."""
-        entries = field_of(request.body, "partitions", list)
-        max_bytes = min(field_of(request.body, "max_bytes", int, default=FETCH_MAX_BYTES), FETCH_MAX_BYTES)
-        results: list[dict[str, Any]] = []
-        data: list[memoryview] = []
-        total = 0
-        for entry in entries:
-            topic = check_topic_name(field_of(entry, "topic", str))
-            partition = field_of(entry, "partition", int)
-            offset = field_of(entry, "offset", int)
-            part_max = min(
-                field_of(entry, "max_bytes", int, default=PARTITION_FETCH_MAX_BYTES), max_bytes - total
-            )
-            try:
-                self.supervisor.topics.check_partition(topic, partition)
-                info = self._partition_info(topic, partition)
-                high_watermark = info["high_watermark"]
-                if not info["log_start_offset"] <= offset <= high_watermark:
-                    raise _out_of_range(offset, info)
-                view = None
-                if offset < high_watermark and part_max > 0:
-                    view = self._reader(topic, partition).read(offset, part_max, upto_offset=high_watermark)
-                results.append(
-                    {
-                        "topic": topic,
-                        "partition": partition,
-                        "error_code": 0,
-                        "high_watermark": info["high_watermark"],
-                        "log_start_offset": info["log_start_offset"],
-                        "frame": len(data) if view is not None else -1,
-                    }
-                )
-                if view is not None:
-                    data.append(view)
-                    total += len(view)
-            except BrokerError as exc:
-                results.append(
-                    {
-                        "topic": topic,
-                        "partition": partition,
-                        "error_code": exc.kafka_code,
-                        "error_message": str(exc),
-                        "frame": -1,
-                    }
-                )
-        min_bytes = field_of(request.body, "min_bytes", int, default=1)
-        if total < min_bytes and not final and not any(r["error_code"] for r in results):
-            return None
-        return protocol.encode_reply(request, {"partitions": results}, data)
-
-    def expire_fetches(self, socket: zmq.Socket[Any]) -> None:
-        now = time.monotonic()
-        still = []
-        for pending in self.pending_fetches:
-            try:
-                reply = self._try_fetch(pending.request, final=now >= pending.deadline)
-            except BrokerError as exc:
-                reply = protocol.encode_error_reply(pending.request, exc)
-            if reply is None:
-                still.append(pending)
-            else:
-                socket.send_multipart([pending.identity, *reply], copy=False)
-        self.pending_fetches = still
-
     def shutdown(self) -> None:
         for reader in self.readers.values():
             reader.close()
         self.readers.clear()
-        for lane in self.router_lanes.values():
-            lane.close()
-        self.router_lanes.clear()
         self.supervisor.shutdown()
 
 
@@ -666,6 +486,8 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
     """Run the broker until SIGTERM/SIGINT (or ``stop``); return the exit code."""
     curve = curve_of(config)
     check_listener(config.listeners, authenticated=curve is not None)
+    if curve is not None and not curve.allowed_keys_dir.is_dir():
+        raise InvalidConfigError(f"CURVE allow-list directory {curve.allowed_keys_dir} does not exist")
     check_replication_listener(config)
     stop = stop or threading.Event()
     service = BrokerService(config)
@@ -673,77 +495,73 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     context = zmq.Context()
-    socket = context.socket(zmq.ROUTER)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
-    # An oversize message makes libzmq drop the sender's connection without a word (FACTS.md):
-    # clients time out their requests and report, they never assume success.
-    socket.setsockopt(zmq.MAXMSGSIZE, config.request_max_bytes)
-    socket.setsockopt(zmq.HANDSHAKE_IVL, 5000)  # a peer that never finishes the handshake is dropped
-    authenticator = curve.apply(context, socket) if curve is not None else None
+    control = context.socket(zmq.ROUTER)  # the router's relay and calls; private (0700 directory)
+    control.setsockopt(zmq.LINGER, 0)
+    control.setsockopt(zmq.ROUTER_MANDATORY, 0)
     started = time.monotonic()
     try:
         service.start()  # fork server and workers first: no socket of ours leaks into them
-        socket.bind(config.listeners)
+        control.bind(service.supervisor.control_endpoint)
         relay = context.socket(zmq.DEALER)  # to the group coordinator process
         relay.setsockopt(zmq.LINGER, 0)
         relay.connect(service.supervisor.coordinator_endpoint)
         service.relay = relay
         service.send_topics()
-        deadline = started + 30
-        while not service.supervisor.all_ready() and time.monotonic() < deadline and not stop.is_set():
-            time.sleep(0.002)
-        n = len(service.supervisor.slots)
-        print(
-            f"shmbroker {__version__} ready: {n} partitions, data in {service.supervisor.data_dir}, "
-            f"listening on {config.listeners} ({(time.monotonic() - started) * 1000:.0f} ms)",
-            flush=True,
-        )
-        if ready is not None:
-            ready()
+        service.supervisor.start_router()
         poller = zmq.Poller()
-        poller.register(socket, zmq.POLLIN)
+        poller.register(control, zmq.POLLIN)
         poller.register(relay, zmq.POLLIN)
+        deadline = started + 30
+        announced = False
         next_watch = 0.0
         while not stop.is_set():
-            busy = bool(service.pending_produce or service.pending_fetches or service.router_backlog_bytes)
-            events = dict(poller.poll(0 if busy else POLL_MS))
-            if socket in events:
+            events = dict(poller.poll(POLL_MS if announced else 2))
+            if control in events:
                 for _ in range(256):
                     try:
-                        frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = control.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    if len(frames) < 2:
+                    if len(frames) < 3:
                         service.counters["malformed"] += 1
                         continue
-                    reply = service.handle(frames[0].bytes, [f.buffer for f in frames[1:]])
+                    peer, identity = frames[0], frames[1].bytes
+                    if identity != ROUTER_IDENTITY:
+                        service.router_peer = peer.bytes  # the relay socket: deferred replies go there
+                    reply = service.handle(identity, [f.buffer for f in frames[2:]])
                     if reply is not None:
-                        socket.send_multipart([frames[0], *reply], copy=False)
+                        control.send_multipart([peer, frames[1], *reply], copy=False)
             if relay in events:
                 for _ in range(256):  # coordinator replies: [client identity, header, body, ...]
                     try:
-                        service.relay_reply(socket, relay.recv_multipart(zmq.NOBLOCK, copy=False))
+                        service.relay_reply(control, relay.recv_multipart(zmq.NOBLOCK, copy=False))
                     except zmq.Again:
                         break
-            if service.pending_produce or service.router_backlog_bytes:
-                service.collect_completions(socket)
-            if service.pending_fetches:
-                service.expire_fetches(socket)
-            if busy and not events:
-                time.sleep(0.0001)
             now = time.monotonic()
+            if not announced:
+                supervisor = service.supervisor
+                if supervisor.router_failed():
+                    print(f"shmbroker: cannot serve on {config.listeners}: {supervisor.router_failed()}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    return 1
+                if (supervisor.all_ready() and supervisor.router_ready_pid) or now > deadline:
+                    announced = True
+                    print(
+                        f"shmbroker {__version__} ready: {len(supervisor.slots)} partitions, data in "
+                        f"{supervisor.data_dir}, listening on {config.listeners} "
+                        f"({(now - started) * 1000:.0f} ms)",
+                        flush=True,
+                    )
+                    if ready is not None:
+                        ready()
             if now >= next_watch:
                 service.supervisor.watch(now)
-                service.connections.expire(now)
                 next_watch = now + 0.2
                 if not service.supervisor.coordinator_alive() and service.relayed:
-                    service.fail_relayed(socket)
+                    service.fail_relayed(control)
         return 0
     finally:
-        if authenticator is not None:
-            authenticator.stop()
-        socket.close(0)
+        control.close(0)
         if service.relay is not None:
             service.relay.close(0)
         context.term()

@@ -7,7 +7,8 @@ owns every shared-memory block, and answers clients on the listener (workers/ser
       |- coordinator            consumer groups
       |- replication            when configured: streams to followers, or (follower role) owns the
       |                         logs and follows the leader (workers/replicator.py)
-      '- (in this process) the ZeroMQ ROUTER: metadata, admin, lane hand-over, remote produce/fetch
+      |- router                 the public ZeroMQ listener and the remote data path (workers/router.py)
+      '- (in this process) a private control socket the router relays admin requests to
 
 Ownership (docs/ownership.md): this process creates and unlinks every shm block and semaphore; it
 lists their names in ``<data>/.shm-registry`` before creating them, so a broker that starts after
@@ -43,7 +44,7 @@ from shmbroker.net.replication import tp_name
 from shmbroker.ring.block import new_name
 from shmbroker.ring.control import ControlBlock, ControlReader, WorkerState, create_control
 from shmbroker.ring.lane import LaneBlock, create_lane
-from shmbroker.workers import coordinator, node_state, partition, replicator
+from shmbroker.workers import coordinator, node_state, partition, replicator, router
 from shmbroker.workers.topics import TopicSpec, TopicStore
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ class Supervisor:
                 "shmbroker.workers.coordinator",
                 "shmbroker.workers.supervisor",
                 "shmbroker.workers.replicator",
+                "shmbroker.workers.router",
             ]
         )
         self._next_producer_id = (time.time_ns() >> 20) & 0x3FFFFFFFFFFF  # unique across restarts
@@ -152,6 +154,10 @@ class Supervisor:
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="shmb-run-"))
         previous.write_text(str(self.runtime_dir))
         self.coordinator_endpoint = f"ipc://{self.runtime_dir}/coordinator.sock"
+        self.control_endpoint = f"ipc://{self.runtime_dir}/control.sock"
+        self.router: ChildSlot | None = None
+        self.router_ready_pid = 0
+        self.router_status_path = self.runtime_dir / "router-status.json"
         self.coordinator: ChildSlot | None = None
         self.coordinator_restarts = 0
         self.node = node_state.load(self.data_dir, config.replication_role)
@@ -263,6 +269,8 @@ class Supervisor:
             self.coordinator_restarts += 1
         if self.replication is not None and self._crashed_and_due(self.replication, "replication", now):
             self._spawn_replication()
+        if self.router is not None and self._crashed_and_due(self.router, "router", now):
+            self._spawn_router()
         self._reclaim_dead_lanes()
 
     def _crashed_and_due(self, slot: PartitionSlot | ChildSlot, name: str, now: float) -> bool:
@@ -302,6 +310,40 @@ class Supervisor:
         process = self._ctx.Process(target=_coordinator_main, args=(spec,), name="coordinator", daemon=False)
         process.start()
         self.coordinator.process = process
+
+    # -- the router process ---------------------------------------------------------------------------
+    def start_router(self) -> None:
+        self.router = ChildSlot()
+        self._spawn_router()
+
+    def _spawn_router(self) -> None:
+        assert self.router is not None
+        self.router_ready_pid = 0
+        spec = router.RouterSpec(self.config, self.control_endpoint, self.router_status_path)
+        process = self._ctx.Process(target=_router_main, args=(spec,), name="router", daemon=False)
+        process.start()
+        self.router.process = process
+
+    def router_failed(self) -> str | None:
+        """Why the router cannot serve, once the restart policy gave up on it (a busy port...)."""
+        return self.router.failed if self.router is not None else None
+
+    def router_status(self) -> dict[str, Any]:
+        try:
+            status: dict[str, Any] = json.loads(self.router_status_path.read_text())
+            return status
+        except (OSError, ValueError):
+            return {}
+
+    def _stop_router(self) -> None:
+        if self.router is None or self.router.process is None:
+            return
+        self.router.process.terminate()
+        self.router.process.join(STOP_TIMEOUT_S)
+        if self.router.process.is_alive():
+            self.router.process.kill()
+            self.router.process.join(2)
+        self.router = None
 
     # -- replication --------------------------------------------------------------------------------
     def check_peers_at_start(self) -> None:
@@ -457,6 +499,7 @@ class Supervisor:
         lane.lane.unlink()
 
     def shutdown(self) -> None:
+        self._stop_router()  # first: no new remote requests while the rest stops
         self._stop_replication()
         for slot in list(self.slots.values()):
             slot.send("stop")
@@ -505,6 +548,12 @@ def _worker_main(spec: partition.WorkerSpec, commands: Connection) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {spec.topic}-{spec.partition} %(message)s")
     partition.run(spec, commands)
+
+
+def _router_main(spec: router.RouterSpec) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops it (SIGTERM) after its own
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s router %(message)s")
+    router.run(spec)
 
 
 def _replication_main(spec: replicator.ReplicationSpec, commands: Connection) -> None:

@@ -48,3 +48,26 @@ def test_fourth_client_is_refused_until_one_idles_out(tmp_path: Path, free_port:
         for client in clients:
             client.close()
         broker.stop()
+
+
+def test_closed_clients_free_their_slots_at_once(tmp_path: Path, free_port: int) -> None:
+    """A script that opens and closes clients in a loop must not lock everyone out for
+    connections.max.idle.ms: a closing client says goodbye and its slot is free at once."""
+    config = tmp_path / "broker.toml"
+    config.write_text('[broker]\n"max.connections" = 3\n"connections.max.idle.ms" = 600000\n')
+    broker = BrokerProcess(tmp_path / "data", free_port, config=config).start()
+    conf = {"bootstrap.servers": broker.address, "request.timeout.ms": 5000}
+    try:
+        for _ in range(20):
+            client = AdminClient(conf)
+            try:
+                assert client.list_topics(timeout=5).topics == {}
+            finally:
+                client.close()
+        last = AdminClient(conf)
+        try:
+            assert last.status()["connections"] <= 3
+        finally:
+            last.close()
+    finally:
+        broker.stop()
