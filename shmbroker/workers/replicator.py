@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import socket
 import threading
 import time
@@ -66,6 +67,7 @@ IDLE_SLEEP_S = 0.005
 IDLE_AFTER_S = 1.0
 RECONNECT_S = 0.2
 HANDSHAKE_TIMEOUT_S = 5.0
+STREAM_BUFFERS = 2  # the follower receives into one while the other is written
 
 
 @dataclass(frozen=True)
@@ -111,15 +113,18 @@ class FrameReader:
         self._header = bytearray(wire.HEADER.size)
         self._data = bytearray(1 << 20)
 
-    def read(self) -> tuple[Kind, dict[str, Any], memoryview]:
+    def read(self, into: bytearray | None = None) -> tuple[Kind, dict[str, Any], memoryview]:
+        """The next frame; its data lands in ``into`` (grown in place if short) or the reader's own
+        buffer. The data view is valid until that buffer is read into again."""
         _recv_exact(self.sock, memoryview(self._header))
         kind, body_bytes, data_bytes = wire.parse_header(self._header)
         raw = bytearray(body_bytes)
         _recv_exact(self.sock, memoryview(raw))
         body = wire.parse_body(kind, raw)
-        if data_bytes > len(self._data):
-            self._data = bytearray(max(data_bytes, 2 * len(self._data)))
-        data = memoryview(self._data)[:data_bytes]
+        buffer = self._data if into is None else into
+        if data_bytes > len(buffer):
+            buffer.extend(bytes(max(data_bytes, 2 * len(buffer)) - len(buffer)))
+        data = memoryview(buffer)[:data_bytes]
         _recv_exact(self.sock, data)
         if kind == Kind.ERROR:
             raise _error_from(body)
@@ -575,24 +580,68 @@ class Follower:
             sock.sendall(wire.encode(Kind.ACK, {"leo": self._leos()}))
             self.connected = True
             sock.settimeout(self.spec.socket_timeout_ms / 1000)
-            while not self.stopping.is_set():
-                kind, body, data = reader.read()
-                if kind == Kind.DATA:
-                    tp = body["tp"]
-                    self._append(tp, body, data)
-                    sock.sendall(wire.encode(Kind.ACK, {"leo": {tp: self.logs[tp].log_end_offset}}))
-                elif kind == Kind.HEARTBEAT:
-                    with self.lock:
-                        self.leader_hw.update(wire.offsets_of(body["hw"], "high watermark"))
-                    sock.sendall(wire.encode(Kind.ACK, {"leo": self._leos()}))
-                elif kind == Kind.TOPICS:
-                    self.apply_topics(body["topics"])
-                    sock.sendall(wire.encode(Kind.ACK, {"leo": self._leos()}))
-                else:
-                    raise RemoteProtocolError(f"the leader sent {kind.name} while streaming")
+            self._stream(sock, reader)
         finally:
             self.connected = False
             _close_quietly(sock)
+
+    def _stream(self, sock: socket.socket, reader: FrameReader) -> None:
+        """Receive and write at once: this thread receives frame n+1 while a writer thread appends
+        frame n (both release the GIL in their system calls). One thread doing both, one after the
+        other, reached 0.4x a raw sendfile; the profile was two-thirds pwritev, one-sixth recv."""
+        free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(STREAM_BUFFERS):
+            free.put(bytearray(1 << 20))
+        work: queue.Queue[tuple[Kind, dict[str, Any], memoryview, bytearray] | None] = queue.Queue()
+        failed: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                while (item := work.get()) is not None:
+                    kind, body, data, buffer = item
+                    self._handle(sock, kind, body, data)
+                    del data
+                    free.put(buffer)
+            except BaseException as exc:  # handed to the receiving thread, which raises it
+                failed.append(exc)
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # unblock the receiver
+                except OSError:
+                    pass
+                free.put(bytearray(0))
+
+        writer = threading.Thread(target=write, name="follower-writer", daemon=True)
+        writer.start()
+        try:
+            while not self.stopping.is_set() and not failed:
+                buffer = free.get()
+                if failed:
+                    break
+                kind, body, data = reader.read(buffer)
+                work.put((kind, body, data, buffer))
+        except (OSError, ConnectionError):
+            if not failed:
+                raise
+        finally:
+            work.put(None)
+            writer.join(timeout=self.spec.socket_timeout_ms / 1000 + 5)
+        if failed:
+            raise failed[0]
+
+    def _handle(self, sock: socket.socket, kind: Kind, body: dict[str, Any], data: memoryview) -> None:
+        if kind == Kind.DATA:
+            tp = body["tp"]
+            self._append(tp, body, data)
+            sock.sendall(wire.encode(Kind.ACK, {"leo": {tp: self.logs[tp].log_end_offset}}))
+        elif kind == Kind.HEARTBEAT:
+            with self.lock:
+                self.leader_hw.update(wire.offsets_of(body["hw"], "high watermark"))
+            sock.sendall(wire.encode(Kind.ACK, {"leo": self._leos()}))
+        elif kind == Kind.TOPICS:
+            self.apply_topics(body["topics"])
+            sock.sendall(wire.encode(Kind.ACK, {"leo": self._leos()}))
+        else:
+            raise RemoteProtocolError(f"the leader sent {kind.name} while streaming")
 
     def _leos(self) -> dict[str, int]:
         return {tp: lg.log_end_offset for tp, lg in self.logs.items()}

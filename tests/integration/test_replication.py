@@ -215,8 +215,7 @@ def test_old_leader_returns_cuts_its_divergent_tail_and_follows(replicated: Repl
         wait_for(
             f"a in sync on {p}", lambda p=p: replicated.in_sync(f"{TOPIC}/{p}", follower="a"), timeout_s=30
         )
-    counters = replicated.replication("a")["counters"]
-    assert counters["truncations"] >= 1
+    wait_for("a's cut counted", lambda: replicated.replication("a")["counters"]["truncations"] >= 1)
     # No divergence after healing: a's logs hold exactly b's batches, byte for byte.
     for p in range(PARTITIONS):
         a_dir = replicated.root / "data-a" / f"{TOPIC}-{p}"
@@ -225,8 +224,12 @@ def test_old_leader_returns_cuts_its_divergent_tail_and_follows(replicated: Repl
         b_logs = sorted(b_dir.glob("*.log"))
         assert [x.name for x in a_logs] == [x.name for x in b_logs]
         b_end = replicated.status("b")["partitions"][p]["log_end_offset"]
-        a_end = replicated.replication("a")["partitions"][f"{TOPIC}/{p}"]["log_end_offset"]
-        assert a_end == b_end
+        wait_for(
+            "a's log end at b's",
+            lambda p=p, b_end=b_end: (
+                replicated.replication("a")["partitions"][f"{TOPIC}/{p}"]["log_end_offset"] == b_end
+            ),
+        )
         for x, y in zip(a_logs, b_logs, strict=True):
             assert x.read_bytes().rstrip(b"\0") == y.read_bytes().rstrip(b"\0")
     everything = read_all(replicated.address("b"))
@@ -400,8 +403,10 @@ def test_a_follower_whose_disk_fills_falls_out_then_catches_up_once_there_is_roo
         assert counters["follow_errors"] >= 1, "".join(pair.brokers["b"].output)  # KAFKA_STORAGE_ERROR
         subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True, timeout=10)
         wait_for("follower back in sync", lambda: pair.in_sync(f"{TOPIC}/0"), timeout_s=60)
-        end = pair.replication("b")["partitions"][f"{TOPIC}/0"]["log_end_offset"]
-        assert end == leader_end
+        wait_for(  # the follower's own status is written twice a second
+            "the follower's log end at the leader's",
+            lambda: pair.replication("b")["partitions"][f"{TOPIC}/0"]["log_end_offset"] == leader_end,
+        )
     finally:
         pair.close()
         subprocess.run(["umount", "-l", str(disk)], check=False, timeout=10)
