@@ -45,10 +45,14 @@ def transfer_timeout_s(size_bytes: int) -> float:
 
 
 # ---- the two child processes ----------------------------------------------------------------------
-def receive(port: int) -> None:
-    """Accept one connection on ``port``; drain it; print {"bytes", "seconds"}. Prints the port first."""
-    buffer = bytearray(MIB)
+def receive(port: int, write_to: Path | None = None) -> None:
+    """Accept one connection on ``port``; drain it; print {"bytes", "seconds"}. Prints the port first.
+
+    With ``write_to``, every chunk is also written to that (new) file: what any replica must pay on
+    top of the transfer, page-cache allocation included."""
+    buffer = bytearray(8 * MIB if write_to else MIB)
     view = memoryview(buffer)
+    fd = os.open(write_to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if write_to else -1
     with socket.create_server(("0.0.0.0", port)) as server:  # its own namespace: only the veth and lo
         server.settimeout(SOCKET_TIMEOUT_S)
         print(json.dumps({"port": server.getsockname()[1]}), flush=True)
@@ -58,8 +62,13 @@ def receive(port: int) -> None:
         start = time.perf_counter()
         received = 0
         while n := conn.recv_into(view):
+            if fd >= 0:
+                os.write(fd, view[:n])
             received += n
         seconds = time.perf_counter() - start
+    if fd >= 0:
+        os.close(fd)
+        os.unlink(write_to)  # type: ignore[arg-type]
     print(json.dumps({"bytes": received, "seconds": seconds}), flush=True)
 
 
@@ -72,8 +81,9 @@ def send(host: str, port: int, path: Path) -> None:
 
 
 # ---- one measurement ------------------------------------------------------------------------------
-def raw_sendfile_mb_s(path: Path, pair: NetnsPair) -> float:
-    """MB/s (10^6 bytes/s) of one sendfile of ``path`` from ``pair.ns_a`` to ``pair.ns_b``.
+def raw_sendfile_mb_s(path: Path, pair: NetnsPair, *, write_to: Path | None = None) -> float:
+    """MB/s (10^6 bytes/s) of one sendfile of ``path`` from ``pair.ns_a`` to ``pair.ns_b`` (the
+    receiver writing what arrives to the new file ``write_to``, deleted after, if given).
 
     Runs two child processes, each bounded by a deadline and killed (by pid) on the way out.
     Raises RuntimeError if a child fails, hangs, or fewer bytes arrive than the file holds.
@@ -82,7 +92,7 @@ def raw_sendfile_mb_s(path: Path, pair: NetnsPair) -> float:
     me = [sys.executable, "-m", "perf.bench_sendfile"]
     children: list[subprocess.Popen[str]] = []
     try:
-        receiver_argv = [*me, "--receiver", "0"]
+        receiver_argv = [*me, "--receiver", "0", *(["--write-to", str(write_to)] if write_to else [])]
         receiver = pair.popen(pair.ns_b, receiver_argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
         children.append(receiver)
         port = _read_json(receiver, READY_TIMEOUT_S)["port"]
@@ -133,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--receiver", type=int, metavar="PORT", help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--sender", metavar="HOST:PORT", help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--write-to", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.receiver is not None:
-        receive(args.receiver)
+        receive(args.receiver, args.write_to)
         return 0
     if args.sender is not None:
         host, port = args.sender.rsplit(":", 1)

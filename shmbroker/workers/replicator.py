@@ -113,22 +113,26 @@ class FrameReader:
         self._header = bytearray(wire.HEADER.size)
         self._data = bytearray(1 << 20)
 
-    def read(self, into: bytearray | None = None) -> tuple[Kind, dict[str, Any], memoryview]:
-        """The next frame; its data lands in ``into`` (grown in place if short) or the reader's own
-        buffer. The data view is valid until that buffer is read into again."""
+    def read(self) -> tuple[Kind, dict[str, Any], memoryview]:
+        """The next frame; its data view is valid until the next ``read``."""
+        kind, body, data, self._data = self.read_into(self._data)
+        return kind, body, data
+
+    def read_into(self, buffer: bytearray) -> tuple[Kind, dict[str, Any], memoryview, bytearray]:
+        """The next frame, its data landing in ``buffer``, or in a new, larger one returned in its
+        place (never resized: another thread may still hold a view of it)."""
         _recv_exact(self.sock, memoryview(self._header))
         kind, body_bytes, data_bytes = wire.parse_header(self._header)
         raw = bytearray(body_bytes)
         _recv_exact(self.sock, memoryview(raw))
         body = wire.parse_body(kind, raw)
-        buffer = self._data if into is None else into
         if data_bytes > len(buffer):
-            buffer.extend(bytes(max(data_bytes, 2 * len(buffer)) - len(buffer)))
+            buffer = bytearray(max(data_bytes, 2 * len(buffer)))
         data = memoryview(buffer)[:data_bytes]
         _recv_exact(self.sock, data)
         if kind == Kind.ERROR:
             raise _error_from(body)
-        return kind, body, data
+        return kind, body, data, buffer
 
     def expect(self, kind: Kind) -> dict[str, Any]:
         got, body, _data = self.read()
@@ -600,7 +604,7 @@ class Follower:
                 while (item := work.get()) is not None:
                     kind, body, data, buffer = item
                     self._handle(sock, kind, body, data)
-                    del data
+                    del item, data  # no view of the buffer may outlive its return
                     free.put(buffer)
             except BaseException as exc:  # handed to the receiving thread, which raises it
                 failed.append(exc)
@@ -617,8 +621,7 @@ class Follower:
                 buffer = free.get()
                 if failed:
                     break
-                kind, body, data = reader.read(buffer)
-                work.put((kind, body, data, buffer))
+                work.put(reader.read_into(buffer))
         except (OSError, ConnectionError):
             if not failed:
                 raise
