@@ -82,9 +82,16 @@ class Connection:
         timeout_s: float | None = None,
     ) -> Message:
         """Send and wait for this request's reply; raise its typed error, or RequestTimedOutError."""
-        correlation_id = self.send(api, body, data)
+        return self.wait(self.send(api, body, data), api, timeout_s=timeout_s)
+
+    def wait(self, correlation_id: int, api: ApiKey, *, timeout_s: float | None = None) -> Message:
+        """Wait for the reply to a request already sent (``send``); raise as ``call`` does."""
         timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
+        early = self._early.pop(correlation_id, None)
+        if early is not None:
+            early.raise_for_error()
+            return early
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

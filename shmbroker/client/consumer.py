@@ -67,6 +67,14 @@ def _high_watermark(part: _Assigned) -> int:
         return -1
 
 
+def _end_offset(view: memoryview, start: int) -> int:
+    """The offset after the last whole batch in ``view`` (``start`` if it holds none)."""
+    end = start
+    for _position, header in records.iter_batches(view):
+        end = header.next_offset
+    return end
+
+
 class Consumer(GroupMixin):
     def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self._config = ConsumerConfig.from_dict({**(config or {}), **kwargs})
@@ -76,6 +84,8 @@ class Consumer(GroupMixin):
         self._next = 0
         self._max_uncompressed = max(self._config.fetch_max_bytes, 64 << 20)
         self._closed = False
+        # A FETCH already sent for the positions after the last reply: (correlation id, positions, max_bytes).
+        self._prefetch: tuple[int, dict[tuple[str, int], int], int | None] | None = None
         self._init_group()
 
     # -- assignment ---------------------------------------------------------------------------------
@@ -318,36 +328,59 @@ class Consumer(GroupMixin):
     def _fetch_remote(
         self, active: list[_Assigned], max_bytes: int | None
     ) -> list[tuple[_Assigned, memoryview]]:
-        body = {
-            "partitions": [
-                {
-                    "topic": p.topic,
-                    "partition": p.partition,
-                    "offset": p.position,
-                    "max_bytes": self._config.max_partition_fetch_bytes,
-                }
-                for p in active
-            ],
-            "max_bytes": max_bytes or self._config.fetch_max_bytes,
-            "min_bytes": self._config.fetch_min_bytes,
-            "max_wait_ms": self._config.fetch_max_wait_ms,
-        }
+        """One FETCH's batches. While the caller decodes them, the next FETCH (from where these
+        end) is already on its way: the broker reads and sends while this process decodes, as
+        librdkafka's prefetch does. A prefetch that no longer matches the positions (a seek, a
+        partial consume) is dropped."""
+        positions = {(p.topic, p.partition): p.position for p in active}
+        connection = self._transports.connection
+        timeout_s = self._config.fetch_max_wait_ms / 1000 + 30
+        reply = None
+        if self._prefetch is not None:
+            cid, asked, asked_max = self._prefetch
+            self._prefetch = None
+            if asked == positions and asked_max == max_bytes:
+                try:
+                    reply = connection.wait(cid, ApiKey.FETCH, timeout_s=timeout_s)
+                except BrokerError:
+                    reply = None  # asked again below, and any error then is the caller's
+            else:
+                connection.forget(cid)
         try:
-            reply = self._transports.connection.call(
-                ApiKey.FETCH, body, timeout_s=self._config.fetch_max_wait_ms / 1000 + 30
-            )
+            if reply is None:
+                reply = connection.call(
+                    ApiKey.FETCH, self._fetch_body(positions, max_bytes), timeout_s=timeout_s
+                )
         except BrokerError as exc:
             raise KafkaException(KafkaError.from_broker_error(exc)) from exc
         out = []
+        ahead = dict(positions)
         for entry in reply.body["partitions"]:
             part = self._assigned.get((entry["topic"], entry["partition"]))
             if part is None:
                 continue
             if entry["error_code"] == OffsetOutOfRangeError.kafka_code:
                 self._reset_out_of_range(part)
+                ahead.pop((part.topic, part.partition), None)
             elif entry["frame"] >= 0:
-                out.append((part, reply.data[entry["frame"]]))
+                view = reply.data[entry["frame"]]
+                out.append((part, view))
+                ahead[(part.topic, part.partition)] = _end_offset(view, part.position)
+        if out and len(ahead) == len(positions):
+            cid = connection.send(ApiKey.FETCH, self._fetch_body(ahead, max_bytes))
+            self._prefetch = (cid, ahead, max_bytes)
         return out
+
+    def _fetch_body(self, positions: dict[tuple[str, int], int], max_bytes: int | None) -> dict[str, Any]:
+        return {
+            "partitions": [
+                {"topic": t, "partition": p, "offset": o, "max_bytes": self._config.max_partition_fetch_bytes}
+                for (t, p), o in positions.items()
+            ],
+            "max_bytes": max_bytes or self._config.fetch_max_bytes,
+            "min_bytes": self._config.fetch_min_bytes,
+            "max_wait_ms": self._config.fetch_max_wait_ms,
+        }
 
     def _reset_out_of_range(self, part: _Assigned) -> None:
         info = self._offsets(part.topic, part.partition, -1)

@@ -36,6 +36,19 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def write_replace(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` whole (temp file, rename) but without fsync: for status files
+    that are rewritten twice a second and worthless after a crash. An fsync there stalled the
+    router's loop for milliseconds whenever the disk was busy."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def segment_name(base_offset: int, suffix: str) -> str:
     """``00000000000000001234.log``: 20 digits so names sort as offsets do."""
     return f"{base_offset:020d}{suffix}"

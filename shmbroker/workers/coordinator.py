@@ -16,6 +16,7 @@ JoinGroup may be parked (the round is not complete); its reply is sent when ``ti
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -42,6 +43,20 @@ OFFSETS_DIR = "__consumer_offsets"
 class CoordinatorSpec:
     data_dir: Path
     endpoint: str  # ipc://... in the broker's private runtime directory
+    supervisor_pid: int = 0  # it stops when that process is gone (0: never checks)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs. A child cannot watch its parent with getppid: children come from
+    the fork server, which every child keeps alive (each holds its alive-pipe), so only the
+    supervisor's own pid tells whether it died."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _now_ms() -> int:
@@ -216,8 +231,14 @@ def run(spec: CoordinatorSpec) -> None:
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.bind(spec.endpoint)
+    next_check = 0.0
     try:
         while True:
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 0.5
+                if spec.supervisor_pid and not pid_alive(spec.supervisor_pid):
+                    break  # orphaned (the supervisor was SIGKILLed): stop, closing the offset store
             if socket.poll(POLL_MS, zmq.POLLIN):
                 for _ in range(256):
                     try:

@@ -37,7 +37,7 @@ from typing import Any
 from shmbroker import records
 from shmbroker.config import LogConfig
 from shmbroker.disk.epochs import EpochCache, EpochEntry, agreed_end
-from shmbroker.disk.files import write_atomic
+from shmbroker.disk.files import write_replace
 from shmbroker.disk.log import Log
 from shmbroker.disk.reader import LogReader
 from shmbroker.errors import (
@@ -847,7 +847,7 @@ class Replication:
             status.update(self.leader.status())
         if self.follower is not None:
             status.update(self.follower.status())
-        write_atomic(self.spec.status_path, json.dumps(status).encode())
+        write_replace(self.spec.status_path, json.dumps(status).encode())
 
     def close(self) -> None:
         if self.listener is not None:

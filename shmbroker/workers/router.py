@@ -36,7 +36,7 @@ from typing import Any
 import zmq
 
 from shmbroker.config import BrokerConfig
-from shmbroker.disk.files import write_atomic
+from shmbroker.disk.files import write_replace
 from shmbroker.disk.reader import LogReader
 from shmbroker.errors import (
     BrokerError,
@@ -56,6 +56,7 @@ from shmbroker.net.connections import ConnectionTable
 from shmbroker.net.protocol import INTERNAL_APIS, ApiKey, Message, field_of
 from shmbroker.ring.control import ControlReader
 from shmbroker.ring.lane import LaneProducer
+from shmbroker.workers.coordinator import pid_alive
 from shmbroker.workers.topics import check_topic_name
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class RouterSpec:
     config: BrokerConfig
     control_endpoint: str  # the supervisor's private ROUTER (ipc, in a 0700 directory)
     status_path: Path
+    supervisor_pid: int = 0  # it stops when that process is gone (0: never checks)
 
 
 @dataclass
@@ -398,7 +400,7 @@ class Router:
             "pending_fetches": len(self.pending_fetches),
             "backlog_bytes": self.router_backlog_bytes,
         }
-        write_atomic(self.spec.status_path, json.dumps(status).encode())
+        write_replace(self.spec.status_path, json.dumps(status).encode())
 
     def close(self) -> None:
         for part in self.partitions.values():
@@ -425,7 +427,6 @@ def run(spec: RouterSpec) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     config = spec.config
-    parent = os.getppid()
     context = zmq.Context()
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 0)
@@ -481,7 +482,7 @@ def run(spec: RouterSpec) -> None:
             if now >= next_tick:
                 next_tick = now + STATUS_INTERVAL_S
                 router.connections.expire(now)
-                if os.getppid() != parent:
+                if spec.supervisor_pid and not pid_alive(spec.supervisor_pid):
                     break  # the supervisor is gone: nobody restarts workers or answers admin
                 try:
                     router.refresh()

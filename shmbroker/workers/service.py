@@ -491,9 +491,12 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
     check_replication_listener(config)
     stop = stop or threading.Event()
     service = BrokerService(config)
+    # The handler only stores a flag: Event.set takes a lock, and a second SIGTERM arriving while the
+    # first handler held it deadlocked the supervisor (seen: `pkill` twice left a broker hung).
+    signalled: list[int] = []
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, lambda signum, _frame: signalled.append(signum))
     context = zmq.Context()
     control = context.socket(zmq.ROUTER)  # the router's relay and calls; private (0700 directory)
     control.setsockopt(zmq.LINGER, 0)
@@ -514,7 +517,7 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
         deadline = started + 30
         announced = False
         next_watch = 0.0
-        while not stop.is_set():
+        while not stop.is_set() and not signalled:
             events = dict(poller.poll(POLL_MS if announced else 2))
             if control in events:
                 for _ in range(256):

@@ -306,7 +306,7 @@ class Supervisor:
 
     def _spawn_coordinator(self) -> None:
         assert self.coordinator is not None
-        spec = coordinator.CoordinatorSpec(self.data_dir, self.coordinator_endpoint)
+        spec = coordinator.CoordinatorSpec(self.data_dir, self.coordinator_endpoint, os.getpid())
         process = self._ctx.Process(target=_coordinator_main, args=(spec,), name="coordinator", daemon=False)
         process.start()
         self.coordinator.process = process
@@ -319,7 +319,7 @@ class Supervisor:
     def _spawn_router(self) -> None:
         assert self.router is not None
         self.router_ready_pid = 0
-        spec = router.RouterSpec(self.config, self.control_endpoint, self.router_status_path)
+        spec = router.RouterSpec(self.config, self.control_endpoint, self.router_status_path, os.getpid())
         process = self._ctx.Process(target=_router_main, args=(spec,), name="router", daemon=False)
         process.start()
         self.router.process = process
