@@ -18,6 +18,7 @@ from tests.integration.replication_fixture import ReplicatedPair, wait_for
 from tests.netns import NetnsPair
 
 pytestmark = pytest.mark.integration
+SOCKET_TIMEOUT_S_FOR_TESTS = 3.0  # > replica.socket.timeout.ms of the fixture: the follower gives up
 
 TOPIC = "orders"
 PARTITIONS = 2
@@ -410,3 +411,45 @@ def test_a_follower_whose_disk_fills_falls_out_then_catches_up_once_there_is_roo
     finally:
         pair.close()
         subprocess.run(["umount", "-l", str(disk)], check=False, timeout=10)
+
+
+def test_a_follower_killed_then_cut_mid_catch_up_resumes_and_ends_identical(
+    replicated: ReplicatedPair,
+) -> None:
+    """SIGKILL the follower, build a backlog, restart it, cut the link while it is catching up
+    (a DATA frame torn mid-sendfile): nothing torn is written, it resumes from its log end after
+    a new handshake, and ends with the leader's bytes."""
+    replicated.kill("b")
+    producer = Producer({"bootstrap.servers": replicated.address("a"), "acks": "1", "linger.ms": 5})
+    value = b"v" * 1000
+    for i in range(150_000):  # ~150 MB of backlog
+        while True:
+            try:
+                producer.produce(TOPIC, value, partition=i % PARTITIONS)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    assert producer.flush(60) == 0
+    replicated.start("b")
+    wait_for(
+        "catch-up started",
+        lambda: replicated.replication("b").get("counters", {}).get("bytes_received", 0) > 0,
+    )
+    replicated.net.cut()
+    time.sleep(SOCKET_TIMEOUT_S_FOR_TESTS)
+    replicated.net.restore()
+    for p in range(PARTITIONS):
+        wait_for(f"in sync again on {p}", lambda p=p: replicated.in_sync(f"{TOPIC}/{p}"), timeout_s=60)
+    for p in range(PARTITIONS):
+        a_logs = sorted((replicated.root / "data-a" / f"{TOPIC}-{p}").glob("*.log"))
+        b_logs = sorted((replicated.root / "data-b" / f"{TOPIC}-{p}").glob("*.log"))
+        a_end = replicated.status("a")["partitions"][p]["log_end_offset"]
+        wait_for(
+            "b's log end at a's",
+            lambda p=p, a_end=a_end: (
+                replicated.replication("b")["partitions"][f"{TOPIC}/{p}"]["log_end_offset"] == a_end
+            ),
+        )
+        for x, y in zip(a_logs, b_logs, strict=True):
+            assert x.read_bytes().rstrip(b"\0") == y.read_bytes().rstrip(b"\0")
+    assert replicated.replication("b")["counters"]["follow_errors"] >= 1  # the cut was noticed

@@ -26,8 +26,7 @@ def test_a_burst_of_sigterms_still_stops_the_broker_cleanly(tmp_path: Path, free
         os.kill(broker.pid, signal.SIGTERM)
     assert broker.process is not None
     assert broker.process.wait(15) == 0
-    assert "stopped cleanly" in "".join(broker.output) or broker.process.returncode == 0
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
     assert shm_names() - shm_before == set()
 
