@@ -45,7 +45,7 @@ IGNORED = {
     "broker.version.fallback",
     "socket.keepalive.enable",
     "retries",
-    "retry.backoff.ms",
+    "retry.backoff.ms",  # a Producer reads it (ProducerConfig); other clients ignore it
     "enable.idempotence",  # a Producer reads it (ProducerConfig); other clients ignore it
     "max.in.flight.requests.per.connection",
     "statistics.interval.ms",
@@ -125,6 +125,7 @@ class ProducerConfig:
     message_max_bytes: int
     message_timeout_ms: int
     allow_auto_create: bool
+    retry_backoff_ms: int
     on_delivery: Callable[..., None] | None
     # enable.idempotence: remote batches carry a broker-issued producer id and per-partition batch
     # sequence, so a retry is appended once (net/protocol.py, revision 2). Lanes always deduplicate.
@@ -166,6 +167,7 @@ class ProducerConfig:
                 2147483647,
             ),
             allow_auto_create=str(conf.pop("allow.auto.create.topics", "true")).lower() == "true",
+            retry_backoff_ms=_int(conf, "retry.backoff.ms", 100, 0, 300000),
             on_delivery=on_delivery,
             enable_idempotence=idempotence == "true",
         )

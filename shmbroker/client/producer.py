@@ -70,6 +70,7 @@ class _Partition:
     opened_s: float = 0.0
     backlog: deque[_Sealed] = field(default_factory=deque)  # sealed, not yet taken by the transport
     in_flight: dict[int, _Sealed] = field(default_factory=dict)  # sequence -> batch
+    retry_at: float = 0.0  # after a retriable refusal, nothing is resent before this (retry.backoff.ms)
 
 
 class Producer:
@@ -361,6 +362,8 @@ class Producer:
             self._sticky[part.topic] = random.randrange(self._partition_count(part.topic))
 
     def _send_backlog(self, part: _Partition) -> None:
+        if part.retry_at and time.monotonic() < part.retry_at:
+            return  # a refusing broker is not asked again in a hot loop
         while part.backlog:
             sealed = part.backlog[0]
             if not part.transport.try_send(sealed.batch, sealed.sequence, acks=self._config.acks):
@@ -404,6 +407,7 @@ class Producer:
                     served += self._deliver(part, sealed, base_offset, error)
                 if retry:
                     part.backlog.extendleft(reversed(retry))  # ahead of newer batches, in their order
+                    part.retry_at = now + self._config.retry_backoff_ms / 1000
             served += self._expire(part, now)
         return served
 

@@ -65,7 +65,9 @@ class FakeFactory:
 
 
 def producer_with(factory: FakeFactory, **config: Any) -> Producer:
-    producer = Producer({"bootstrap.servers": "tcp://127.0.0.1:1", "linger.ms": 0, **config})
+    producer = Producer(
+        {"bootstrap.servers": "tcp://127.0.0.1:1", "linger.ms": 0, "retry.backoff.ms": 0, **config}
+    )
     producer._transports.close()
     producer._transports = factory  # type: ignore[assignment]
     return producer
@@ -159,3 +161,22 @@ def test_factory_asks_for_a_producer_id_only_when_idempotent(
         assert calls == ([ApiKey.INIT_PRODUCER_ID] if asked else [])
     finally:
         factory.close()
+
+
+def test_a_refused_batch_waits_retry_backoff_ms_before_it_is_resent() -> None:
+    """No hot loop against a broker that refuses (NOT_ENOUGH_REPLICAS while a follower is away)."""
+    import time
+
+    factory = FakeFactory(5)
+    producer = producer_with(factory, **{"retry.backoff.ms": 200})
+    producer.produce("t", b"x", partition=0)
+    producer.flush(0)
+    cid, _body, batch = factory.connection.sent[-1]
+    factory.reply(cid, base_offset=-1, error_code=KafkaError.NOT_ENOUGH_REPLICAS)
+    sent_before = len(factory.connection.sent)
+    producer.poll(0)
+    producer.poll(0.05)
+    assert len(factory.connection.sent) == sent_before  # not yet
+    time.sleep(0.2)
+    producer.poll(0)
+    assert len(factory.connection.sent) == sent_before + 1 and factory.connection.sent[-1][2] == batch
