@@ -44,7 +44,6 @@ from shmbroker.errors import (
     InvalidRequiredAcksError,
     NotLeaderOrFollowerError,
     OffsetOutOfRangeError,
-    RemoteProtocolError,
     RequestTimedOutError,
     TooManyConnectionsError,
     UnknownTopicOrPartitionError,
@@ -56,6 +55,7 @@ from shmbroker.net.connections import ConnectionTable
 from shmbroker.net.protocol import INTERNAL_APIS, ApiKey, Message, field_of
 from shmbroker.ring.control import ControlReader
 from shmbroker.ring.lane import LaneProducer
+from shmbroker.workers import dispatch
 from shmbroker.workers.coordinator import pid_alive
 from shmbroker.workers.topics import check_topic_name
 
@@ -196,43 +196,30 @@ class Router:
     # -- dispatch --------------------------------------------------------------------------------------
     def handle(self, identity: bytes, frames: list[Any]) -> list[Any] | None:
         """Reply frames for requests answered here; None for relayed ones and deferred replies."""
-        try:
-            request = protocol.decode(frames)
-        except RemoteProtocolError as exc:
-            self.counters["malformed"] += 1
-            log.info("dropping malformed message: %s", exc)
-            return None
-        self.counters[f"requests.{request.api.name}"] += 1
+        return dispatch.answer(
+            frames, self.counters, lambda request: self._dispatch(identity, request, frames)
+        )
+
+    def _dispatch(self, identity: bytes, request: Message, frames: list[Any]) -> list[Any] | None:
         if request.api == ApiKey.GOODBYE:
             self.connections.forget(identity)
             return None
-        try:
-            if not self.connections.try_admit(identity, time.monotonic()):
-                self.counters["connections.refused"] += 1
-                raise TooManyConnectionsError(
-                    f"max.connections={self.connections.max_connections} clients are connected; retry "
-                    f"after one idles out (connections.max.idle.ms={self.config.connections_max_idle_ms})"
-                )
-            if request.api in INTERNAL_APIS:
-                raise InvalidRequestError(f"{request.api.name} is internal to the broker")
-            if request.api == ApiKey.PRODUCE:
-                return self._on_produce(identity, request)
-            if request.api == ApiKey.FETCH:
-                return self._on_fetch(identity, request)
-            if request.api == ApiKey.STATUS:
-                self.write_status()  # fresh figures for the supervisor's answer, not 0.5 s old ones
-            self.upstream.send_multipart([identity, *frames], copy=False)
-            return None
-        except BrokerError as exc:
-            self.counters[f"errors.{exc.kafka_name}"] += 1
-            return protocol.encode_error_reply(request, exc)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a body of the wrong shape
-            self.counters["errors.INVALID_REQUEST"] += 1
-            return protocol.encode_error_reply(request, InvalidRequestError(f"{request.api.name}: {exc!r}"))
-        except Exception as exc:  # a bug of ours: answer, count, log; one request must not stop us
-            self.counters["errors.UNKNOWN_SERVER_ERROR"] += 1
-            log.exception("%s request failed", request.api.name)
-            return protocol.encode_error_reply(request, BrokerError(f"{request.api.name} failed: {exc!r}"))
+        if not self.connections.try_admit(identity, time.monotonic()):
+            self.counters["connections.refused"] += 1
+            raise TooManyConnectionsError(
+                f"max.connections={self.connections.max_connections} clients are connected; retry "
+                f"after one idles out (connections.max.idle.ms={self.config.connections_max_idle_ms})"
+            )
+        if request.api in INTERNAL_APIS:
+            raise InvalidRequestError(f"{request.api.name} is internal to the broker")
+        if request.api == ApiKey.PRODUCE:
+            return self._on_produce(identity, request)
+        if request.api == ApiKey.FETCH:
+            return self._on_fetch(identity, request)
+        if request.api == ApiKey.STATUS:
+            self.write_status()  # fresh figures for the supervisor's answer, not 0.5 s old ones
+        self.upstream.send_multipart([identity, *frames], copy=False)
+        return None
 
     # -- remote produce ----------------------------------------------------------------------------------
     def _router_lane(self, topic: str, partition: int) -> LaneProducer:

@@ -36,13 +36,13 @@ from shmbroker.errors import (
     InvalidRequestError,
     NotLeaderOrFollowerError,
     OffsetOutOfRangeError,
-    RemoteProtocolError,
     UnknownTopicOrPartitionError,
 )
 from shmbroker.net import protocol
 from shmbroker.net.auth import CurveServer
 from shmbroker.net.protocol import GROUP_APIS, INTERNAL_APIS, ApiKey, Message, field_of
 from shmbroker.ring.control import WorkerState
+from shmbroker.workers import dispatch
 from shmbroker.workers.supervisor import Supervisor
 from shmbroker.workers.topics import TopicStore, check_topic_name
 
@@ -124,36 +124,23 @@ class BrokerService:
 
     # -- request dispatch ----------------------------------------------------------------------------
     def handle(self, identity: bytes, frames: list[Any]) -> list[Any] | None:
-        """The reply frames, or None when the reply comes later (produce, long-poll fetch)."""
-        try:
-            request = protocol.decode(frames)
-        except RemoteProtocolError as exc:
-            self.counters["malformed"] += 1
-            log.info("dropping malformed message: %s", exc)
-            return None
-        self.counters[f"requests.{request.api.name}"] += 1
-        try:
-            if request.api in INTERNAL_APIS and identity != ROUTER_IDENTITY:
-                raise InvalidRequestError(f"{request.api.name} is internal to the broker")
-            if not self.supervisor.is_leader and request.api not in FOLLOWER_APIS:
-                raise NotLeaderOrFollowerError(
-                    f"this broker follows {', '.join(self.config.replication_peers)}; "
-                    f"send {request.api.name} to the leader (or `shmbroker promote` this one)"
-                )
-            if request.api in GROUP_APIS:
-                return self._relay_to_coordinator(identity, request, frames)
-            handler = getattr(self, f"_on_{request.api.name.lower()}")
-            return handler(identity, request)  # type: ignore[no-any-return]
-        except BrokerError as exc:
-            self.counters[f"errors.{exc.kafka_name}"] += 1
-            return protocol.encode_error_reply(request, exc)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a body of the wrong shape
-            self.counters["errors.INVALID_REQUEST"] += 1
-            return protocol.encode_error_reply(request, InvalidRequestError(f"{request.api.name}: {exc!r}"))
-        except Exception as exc:  # a bug of ours: answer, count, log; one request must not stop the broker
-            self.counters["errors.UNKNOWN_SERVER_ERROR"] += 1
-            log.exception("%s request failed", request.api.name)
-            return protocol.encode_error_reply(request, BrokerError(f"{request.api.name} failed: {exc!r}"))
+        """The reply frames, or None when the reply comes later (a relayed group request)."""
+        return dispatch.answer(
+            frames, self.counters, lambda request: self._dispatch(identity, request, frames)
+        )
+
+    def _dispatch(self, identity: bytes, request: Message, frames: list[Any]) -> list[Any] | None:
+        if request.api in INTERNAL_APIS and identity != ROUTER_IDENTITY:
+            raise InvalidRequestError(f"{request.api.name} is internal to the broker")
+        if not self.supervisor.is_leader and request.api not in FOLLOWER_APIS:
+            raise NotLeaderOrFollowerError(
+                f"this broker follows {', '.join(self.config.replication_peers)}; "
+                f"send {request.api.name} to the leader (or `shmbroker promote` this one)"
+            )
+        if request.api in GROUP_APIS:
+            return self._relay_to_coordinator(identity, request, frames)
+        handler = getattr(self, f"_on_{request.api.name.lower()}")
+        return handler(identity, request)  # type: ignore[no-any-return]
 
     def _on_init_producer_id(self, identity: bytes, request: Message) -> list[Any]:
         # Epochs would fence a zombie with the same id; every InitProducerId gets a new id instead.

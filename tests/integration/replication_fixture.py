@@ -9,7 +9,6 @@ Replication beyond loopback needs keys, so each broker gets its own, and each al
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,7 +107,3 @@ class ReplicatedPair:
         for broker in self.brokers.values():
             broker.stop()
         self.brokers.clear()
-
-
-def dump(path: Path) -> str:
-    return json.dumps(sorted(p.name for p in path.iterdir()))
