@@ -50,6 +50,7 @@ from typing import Any
 
 from perf.bench_sendfile import MIB, READY_TIMEOUT_S, _read_json, raw_sendfile_mb_s, write_file
 from tests.integration.replication_fixture import REPLICATION_PORT, ReplicatedPair
+from tests.integration.replication_fixture import wait_for as fixture_wait_for
 from tests.netns import NetnsPair, netns_available
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -78,14 +79,7 @@ def catchup_timeout_s(size_bytes: int) -> float:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float = SETTLE_TIMEOUT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
+    return fixture_wait_for(what, check, timeout_s)
 
 
 def summary(values: list[float]) -> dict[str, float]:
