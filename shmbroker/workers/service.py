@@ -490,14 +490,17 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
     control.setsockopt(zmq.ROUTER_MANDATORY, 0)
     started = time.monotonic()
     try:
-        service.start()  # fork server and workers first: no socket of ours leaks into them
+        # The router first: it binds the public listener and asks for the partitions while the
+        # workers start (its calls wait in the control socket until the loop below answers). No
+        # socket of ours leaks into a child: the fork server is a fresh exec, passed only its fds.
         control.bind(service.supervisor.control_endpoint)
+        service.supervisor.start_router()
+        service.start()
         relay = context.socket(zmq.DEALER)  # to the group coordinator process
         relay.setsockopt(zmq.LINGER, 0)
         relay.connect(service.supervisor.coordinator_endpoint)
         service.relay = relay
         service.send_topics()
-        service.supervisor.start_router()
         poller = zmq.Poller()
         poller.register(control, zmq.POLLIN)
         poller.register(relay, zmq.POLLIN)
