@@ -215,9 +215,6 @@ class PartitionWorker:
             if ready:
                 lane.worker.complete_many(ready)
 
-    def has_held(self) -> bool:
-        return any(lane.held for lane in self.lanes.values())
-
     def attach(self, name: str, producer_id: int, pid: int, trusted: bool) -> None:
         if name in self.lanes:
             return
