@@ -154,7 +154,11 @@ class PartitionWorker:
         self._remember_tail()
         self.isr = control.isr_cells()
         self.isr_followers = 0
-        self.high_watermark = self.log.log_end_offset
+        # A successor (worker restart) starts from its predecessor's high watermark, which the control
+        # block keeps, not from its log end: records above it may be on this host only, and a consumer
+        # that read them could see them vanish after a failover. A fresh block holds 0; alone, the
+        # first publish moves it to the log end.
+        self.high_watermark = min(self.log.log_end_offset, control.current.high_watermark)
         self.publish()
 
     def _remember_tail(self) -> None:

@@ -112,3 +112,20 @@ def test_batches_carry_the_leader_epoch(tmp_path: Path) -> None:
         assert r.worker.log.epochs.entries[-1] == (3, 0)
     finally:
         r.close()
+
+
+def test_a_restarted_worker_keeps_the_high_watermark_below_unreplicated_records(rig: Rig) -> None:
+    """A worker killed while its follower lags must not come back with the high watermark at its log
+    end: consumers would read records only the leader has, which a failover could then take away."""
+    rig.isr(1, 0)
+    rig.send(ACKS_1)
+    snap = rig.reader.read()
+    assert (snap.log_end_offset, snap.high_watermark) == (2, 0)
+    rig.worker.close()  # the successor takes over the same control block, as after a SIGKILL
+    rig.writer.close()
+    rig.writer = ControlWriter.attach(rig.control_name)
+    rig.worker = PartitionWorker(rig.worker.spec, rig.writer)
+    snap = rig.reader.read()
+    assert (snap.log_end_offset, snap.high_watermark) == (2, 0)
+    rig.isr(1, 2)  # the follower catches up
+    assert rig.reader.read().high_watermark == 2
