@@ -56,7 +56,7 @@ from shmbroker.net.protocol import INTERNAL_APIS, ApiKey, Message, field_of
 from shmbroker.ring.control import ControlReader
 from shmbroker.ring.lane import LaneProducer
 from shmbroker.workers import dispatch
-from shmbroker.workers.coordinator import pid_alive
+from shmbroker.workers.forkserver import pid_alive
 from shmbroker.workers.topics import check_topic_name
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,8 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import multiprocessing
 import os
 import shutil
-import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -44,7 +42,7 @@ from shmbroker.net.replication import tp_name
 from shmbroker.ring.block import new_name
 from shmbroker.ring.control import ControlBlock, ControlReader, WorkerState, create_control
 from shmbroker.ring.lane import LaneBlock, create_lane
-from shmbroker.workers import coordinator, node_state, partition, replicator, router
+from shmbroker.workers import coordinator, forkserver, node_state, partition, replicator, router
 from shmbroker.workers.topics import TopicSpec, TopicStore
 
 log = logging.getLogger(__name__)
@@ -131,19 +129,9 @@ class Supervisor:
         self._remove_stale_blocks()
         self.topics = TopicStore(self.data_dir)
         self.slots: dict[tuple[str, int], PartitionSlot] = {}
-        # Workers come from a fork server started now, before any socket is bound: a fork of this
-        # process would inherit the listener and ZeroMQ's descriptors and could keep the port
-        # after the supervisor died. The server preloads the worker's imports, so a fork is warm.
-        self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(
-            [
-                "shmbroker.workers.partition",
-                "shmbroker.workers.coordinator",
-                "shmbroker.workers.supervisor",
-                "shmbroker.workers.replicator",
-                "shmbroker.workers.router",
-            ]
-        )
+        # Children come from the fork server (workers/forkserver.py): `shmbroker serve` started it
+        # before this process imported much, and in any case before any socket is bound.
+        self._ctx = forkserver.context()
         self._next_producer_id = (time.time_ns() >> 20) & 0x3FFFFFFFFFFF  # unique across restarts
         self.started_ms = int(time.time() * 1000)
         # Private (0700) directory for the internal ipc endpoints: only this user can connect.
@@ -226,7 +214,10 @@ class Supervisor:
         )
         parent_end, child_end = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=_worker_main, args=(worker_spec, child_end), name=f"partition {slot.key}", daemon=False
+            target=forkserver.worker_main,
+            args=(worker_spec, child_end),
+            name=f"partition {slot.key}",
+            daemon=False,
         )
         process.start()
         child_end.close()
@@ -307,7 +298,9 @@ class Supervisor:
     def _spawn_coordinator(self) -> None:
         assert self.coordinator is not None
         spec = coordinator.CoordinatorSpec(self.data_dir, self.coordinator_endpoint, os.getpid())
-        process = self._ctx.Process(target=_coordinator_main, args=(spec,), name="coordinator", daemon=False)
+        process = self._ctx.Process(
+            target=forkserver.coordinator_main, args=(spec,), name="coordinator", daemon=False
+        )
         process.start()
         self.coordinator.process = process
 
@@ -320,7 +313,7 @@ class Supervisor:
         assert self.router is not None
         self.router_ready_pid = 0
         spec = router.RouterSpec(self.config, self.control_endpoint, self.router_status_path, os.getpid())
-        process = self._ctx.Process(target=_router_main, args=(spec,), name="router", daemon=False)
+        process = self._ctx.Process(target=forkserver.router_main, args=(spec,), name="router", daemon=False)
         process.start()
         self.router.process = process
 
@@ -397,7 +390,7 @@ class Supervisor:
         )
         parent_end, child_end = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=_replication_main, args=(spec, child_end), name="replication", daemon=False
+            target=forkserver.replication_main, args=(spec, child_end), name="replication", daemon=False
         )
         process.start()
         child_end.close()
@@ -539,36 +532,3 @@ def _alive(pid: int, create_time: float) -> bool:
         return p.status() != psutil.STATUS_ZOMBIE and (create_time == 0.0 or p.create_time() == create_time)
     except psutil.Error:
         return False
-
-
-def _worker_main(spec: partition.WorkerSpec, commands: Connection) -> None:
-    # A forked child inherits the supervisor's signal handlers; the worker stops on the pipe's
-    # "stop", so a Ctrl-C to the process group must not kill it mid-append.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {spec.topic}-{spec.partition} %(message)s")
-    partition.run(spec, commands)
-
-
-def _router_main(spec: router.RouterSpec) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops it (SIGTERM) after its own
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s router %(message)s")
-    router.run(spec)
-
-
-def _replication_main(spec: replicator.ReplicationSpec, commands: Connection) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s replication %(message)s")
-    replicator.run(spec, commands)
-
-
-def _exit_cleanly(*_: object) -> None:
-    raise SystemExit(0)  # unwinds run()'s finally: the offset store is closed
-
-
-def _coordinator_main(spec: coordinator.CoordinatorSpec) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_cleanly)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s coordinator %(message)s")
-    coordinator.run(spec)

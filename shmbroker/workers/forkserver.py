@@ -1,0 +1,100 @@
+"""The fork server (docs/adr/0004) and the entry point of every process it forks.
+
+``shmbroker serve`` starts it first (cli.py), before importing the supervisor: it is a fresh
+interpreter that imports ``PRELOAD`` once and then forks each child warm, while the supervisor runs
+its own imports on the other core. Started before anything is bound, and exec'd rather than
+forked, it holds none of the supervisor's sockets.
+
+This module stays light (the standard library only at import time): the command line imports it
+before anything else, and every child imports it to find its entry point. Each entry point imports
+its process's module itself; the coordinator's and the replicator's load after their fork, in their
+one process each, instead of delaying the first fork (they are not part of "ready").
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import signal
+from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shmbroker.workers.coordinator import CoordinatorSpec
+    from shmbroker.workers.partition import WorkerSpec
+    from shmbroker.workers.replicator import ReplicationSpec
+    from shmbroker.workers.router import RouterSpec
+
+# What the fork server imports before its first fork: what the partition workers and the router run.
+PRELOAD = ["shmbroker.workers.forkserver", "shmbroker.workers.partition", "shmbroker.workers.router"]
+
+
+def context() -> ForkServerContext:
+    """The multiprocessing context children start from, with ``PRELOAD`` set."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def start() -> None:
+    """Start the fork server now rather than at the first child's start. Returns at once: the first
+    ``Process.start`` waits for the preload to finish."""
+    context()
+    multiprocessing.forkserver.ensure_running()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs. A child cannot watch its parent with getppid: children come from
+    the fork server, which every child keeps alive (each holds its alive-pipe), so only the
+    supervisor's own pid tells whether it died."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_main(spec: WorkerSpec, commands: Connection) -> None:
+    from shmbroker.workers import partition
+
+    # A forked child inherits the supervisor's signal handlers; the worker stops on the pipe's
+    # "stop", so a Ctrl-C to the process group must not kill it mid-append.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {spec.topic}-{spec.partition} %(message)s")
+    partition.run(spec, commands)
+
+
+def router_main(spec: RouterSpec) -> None:
+    from shmbroker.workers import router
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops it (SIGTERM) after its own
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s router %(message)s")
+    router.run(spec)
+
+
+def replication_main(spec: ReplicationSpec, commands: Connection) -> None:
+    from shmbroker.workers import replicator
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s replication %(message)s")
+    replicator.run(spec, commands)
+
+
+def _exit_cleanly(*_: object) -> None:
+    raise SystemExit(0)  # unwinds run()'s finally: the offset store is closed
+
+
+def coordinator_main(spec: CoordinatorSpec) -> None:
+    from shmbroker.workers import coordinator
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s coordinator %(message)s")
+    coordinator.run(spec)
