@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +31,12 @@ from shmbroker.workers.group_errors import MemberIdRequiredError
 from shmbroker.workers.group_state import GroupCoordinatorState
 from shmbroker.workers.group_types import JoinCompleted, JoinFailed, JoinResult, Pending
 from shmbroker.workers.offset_store import OffsetStore
+from shmbroker.workers.specs import CoordinatorSpec
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
 OFFSETS_DIR = "__consumer_offsets"
-
-
-@dataclass(frozen=True)
-class CoordinatorSpec:
-    data_dir: Path
-    endpoint: str  # ipc://... in the broker's private runtime directory
-    supervisor_pid: int = 0  # it stops when that process is gone (0: never checks)
 
 
 def _now_ms() -> int:

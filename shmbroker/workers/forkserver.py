@@ -23,10 +23,7 @@ from multiprocessing.context import ForkServerContext
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shmbroker.workers.coordinator import CoordinatorSpec
-    from shmbroker.workers.partition import WorkerSpec
-    from shmbroker.workers.replicator import ReplicationSpec
-    from shmbroker.workers.router import RouterSpec
+    from shmbroker.workers.specs import CoordinatorSpec, ReplicationSpec, RouterSpec, WorkerSpec
 
 # What the fork server imports before its first fork: what the partition workers and the router run.
 PRELOAD = ["shmbroker.workers.forkserver", "shmbroker.workers.partition", "shmbroker.workers.router"]

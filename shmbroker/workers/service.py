@@ -21,14 +21,13 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import zmq
 
-from shmbroker import __version__, records
+from shmbroker import __version__
 from shmbroker.config import BrokerConfig
-from shmbroker.disk.reader import LogReader
 from shmbroker.errors import (
     BrokerError,
     CoordinatorNotAvailableError,
@@ -39,12 +38,15 @@ from shmbroker.errors import (
     UnknownTopicOrPartitionError,
 )
 from shmbroker.net import protocol
-from shmbroker.net.auth import CurveServer
 from shmbroker.net.protocol import GROUP_APIS, INTERNAL_APIS, ApiKey, Message, field_of
 from shmbroker.ring.control import WorkerState
 from shmbroker.workers import dispatch
 from shmbroker.workers.supervisor import Supervisor
 from shmbroker.workers.topics import TopicStore, check_topic_name
+
+if TYPE_CHECKING:  # imported where used: numpy, the disk layer and zmq's auth thread stay off start-up
+    from shmbroker.disk.reader import LogReader
+    from shmbroker.net.auth import CurveServer
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +309,8 @@ class BrokerService:
         Scans batch headers (max timestamp per batch), then decodes the one batch that holds the
         answer; bounded by the log's size, not by memory.
         """
+        from shmbroker import records
+
         reader = self._reader(topic, partition)
         offset, end = info["log_start_offset"], info["high_watermark"]
         while offset < end:
@@ -400,6 +404,8 @@ class BrokerService:
     def _reader(self, topic: str, partition: int) -> LogReader:
         reader = self.readers.get((topic, partition))
         if reader is None:
+            from shmbroker.disk.reader import LogReader
+
             reader = LogReader(self.supervisor.topics.partition_dir(topic, partition))
             self.readers[(topic, partition)] = reader
         return reader
@@ -441,6 +447,8 @@ def curve_of(config: BrokerConfig) -> CurveServer | None:
         )
     if not config.curve_secret_key_file:
         return None
+    from shmbroker.net.auth import CurveServer
+
     return CurveServer(Path(config.curve_secret_key_file), Path(config.curve_allowed_keys_dir))
 
 

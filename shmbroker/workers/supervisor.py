@@ -42,7 +42,8 @@ from shmbroker.net.replication import tp_name
 from shmbroker.ring.block import new_name
 from shmbroker.ring.control import ControlBlock, ControlReader, WorkerState, create_control
 from shmbroker.ring.lane import LaneBlock, create_lane
-from shmbroker.workers import coordinator, forkserver, node_state, partition, replicator, router
+from shmbroker.workers import forkserver, node_state
+from shmbroker.workers.specs import CoordinatorSpec, ReplicationSpec, RouterSpec, WorkerSpec
 from shmbroker.workers.topics import TopicSpec, TopicStore
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ class Supervisor:
         cpu = None
         if self.config.cpu_affinity:
             cpu = len(self.slots) % (os.cpu_count() or 1)
-        worker_spec = partition.WorkerSpec(
+        worker_spec = WorkerSpec(
             topic=slot.topic,
             partition=slot.partition,
             directory=self.topics.partition_dir(slot.topic, slot.partition),
@@ -297,7 +298,7 @@ class Supervisor:
 
     def _spawn_coordinator(self) -> None:
         assert self.coordinator is not None
-        spec = coordinator.CoordinatorSpec(self.data_dir, self.coordinator_endpoint, os.getpid())
+        spec = CoordinatorSpec(self.data_dir, self.coordinator_endpoint, os.getpid())
         process = self._ctx.Process(
             target=forkserver.coordinator_main, args=(spec,), name="coordinator", daemon=False
         )
@@ -312,7 +313,7 @@ class Supervisor:
     def _spawn_router(self) -> None:
         assert self.router is not None
         self.router_ready_pid = 0
-        spec = router.RouterSpec(self.config, self.control_endpoint, self.router_status_path, os.getpid())
+        spec = RouterSpec(self.config, self.control_endpoint, self.router_status_path, os.getpid())
         process = self._ctx.Process(target=forkserver.router_main, args=(spec,), name="router", daemon=False)
         process.start()
         self.router.process = process
@@ -344,6 +345,8 @@ class Supervisor:
         leader coming back, and it follows instead (its divergent tail is cut on the handshake)."""
         if not (self.is_leader and self.config.replication_peers):
             return
+        from shmbroker.workers import replicator  # only with peers: keeps it off a plain start-up
+
         for address in self.config.replication_peers:
             try:
                 role, epoch = replicator.probe(
@@ -374,7 +377,7 @@ class Supervisor:
 
     def _spawn_replication(self) -> None:
         assert self.replication is not None
-        spec = replicator.ReplicationSpec(
+        spec = ReplicationSpec(
             data_dir=self.data_dir,
             status_path=self.replication_status_path,
             node=self._node_name(),
