@@ -25,8 +25,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from shmbroker.workers.specs import CoordinatorSpec, ReplicationSpec, RouterSpec, WorkerSpec
 
-# What the fork server imports before its first fork: what the partition workers and the router run.
-PRELOAD = ["shmbroker.workers.forkserver", "shmbroker.workers.partition", "shmbroker.workers.router"]
+# What the fork server imports before its first fork: what the partition workers and the router run
+# (setproctitle is optional: the fork server skips what does not import).
+PRELOAD = [
+    "shmbroker.workers.forkserver",
+    "shmbroker.workers.partition",
+    "shmbroker.workers.router",
+    "setproctitle",
+]
 
 
 def context() -> ForkServerContext:
