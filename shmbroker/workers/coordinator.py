@@ -200,12 +200,6 @@ class Coordinator:
 
 def run(spec: CoordinatorSpec) -> None:
     """The coordinator process's body: serve until the relay's socket closes or SIGTERM."""
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle("shmbroker: coordinator")
-    except ImportError:
-        pass
     coordinator = Coordinator(spec.data_dir)
     context = zmq.Context()
     socket = context.socket(zmq.ROUTER)

@@ -66,7 +66,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def set_title(title: str) -> None:
+    """What `ps` shows for this process; each entry point sets it first, before its imports, so a
+    child is recognisable as soon as it exists."""
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+    except ImportError:  # optional: only `ps` output suffers
+        pass
+
+
 def worker_main(spec: WorkerSpec, commands: Connection) -> None:
+    set_title(f"shmbroker: partition {spec.topic}-{spec.partition}")
     from shmbroker.workers import partition
 
     # A forked child inherits the supervisor's signal handlers; the worker stops on the pipe's
@@ -78,6 +90,7 @@ def worker_main(spec: WorkerSpec, commands: Connection) -> None:
 
 
 def router_main(spec: RouterSpec) -> None:
+    set_title("shmbroker: router")
     from shmbroker.workers import router
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops it (SIGTERM) after its own
@@ -86,6 +99,7 @@ def router_main(spec: RouterSpec) -> None:
 
 
 def replication_main(spec: ReplicationSpec, commands: Connection) -> None:
+    set_title(f"shmbroker: replication {spec.role}")
     from shmbroker.workers import replicator
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -99,6 +113,7 @@ def _exit_cleanly(*_: object) -> None:
 
 
 def coordinator_main(spec: CoordinatorSpec) -> None:
+    set_title("shmbroker: coordinator")
     from shmbroker.workers import coordinator
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)

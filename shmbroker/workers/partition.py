@@ -62,15 +62,6 @@ IDLE_AFTER_S = 0.2
 MAINTENANCE_INTERVAL_S = 0.1
 
 
-def _set_title(title: str) -> None:
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(title)
-    except ImportError:  # optional: only `ps` output suffers
-        pass
-
-
 def _error_kind(exc: BrokerError) -> ErrorKind:
     if isinstance(exc, CorruptRecordError):
         return ErrorKind.CORRUPT
@@ -398,7 +389,6 @@ class PartitionWorker:
 
 def run(spec: WorkerSpec, commands: Connection) -> None:
     """The worker process's body: blocking loop until the supervisor says stop (or the pipe dies)."""
-    _set_title(f"shmbroker: partition {spec.topic}-{spec.partition}")
     if spec.cpu is not None:
         try:
             import psutil

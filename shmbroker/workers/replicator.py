@@ -842,18 +842,8 @@ class Replication:
             self.follower.close()
 
 
-def _set_title(title: str) -> None:
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(title)
-    except ImportError:
-        pass
-
-
 def run(spec: ReplicationSpec, commands: Connection) -> None:
     """The process body: until the supervisor says stop (or its pipe closes)."""
-    _set_title(f"shmbroker: replication {spec.role}")
     replication = Replication(spec)
     stop = threading.Event()
     threads = []

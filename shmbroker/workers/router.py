@@ -391,12 +391,6 @@ class Router:
 
 def run(spec: RouterSpec) -> None:
     """The router process's body: serve until SIGTERM (or the supervisor's death)."""
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle("shmbroker: router")
-    except ImportError:
-        pass
     stopping = False
 
     def stop(*_: object) -> None:

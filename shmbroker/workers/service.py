@@ -95,12 +95,13 @@ class BrokerService:
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self.supervisor.check_peers_at_start()
+        # Before the workers, though "ready" does not wait for it: a broker that says ready has
+        # every child running. Its imports come after its fork (workers/forkserver.py) and overlap
+        # the workers' start.
+        self.supervisor.start_coordinator()
         if self.supervisor.is_leader:
             for spec in list(self.supervisor.topics.topics.values()):
                 self.supervisor.start_topic(spec)
-        # After the workers: "ready" waits for them, not for it, and its imports come after its
-        # fork (workers/forkserver.py). Requests relayed meanwhile queue in the connected socket.
-        self.supervisor.start_coordinator()
         self.supervisor.start_replication()
 
     def send_topics(self) -> None:
