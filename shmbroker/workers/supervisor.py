@@ -2,7 +2,7 @@
 owns every shared-memory block, and answers clients on the listener (workers/service.py).
 
     shmbroker serve
-      |- fork server            started first; forks each worker with the imports already done
+      |- fork server            started first (workers/forkserver.py); forks every child warm
       |- partition worker x N   one per partition (leader role only)
       |- coordinator            consumer groups
       |- replication            when configured: streams to followers, or (follower role) owns the
