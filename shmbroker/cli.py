@@ -49,6 +49,9 @@ class _Progress:
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
+    from shmbroker.workers import forkserver
+
+    forkserver.start()  # first: its preload (~0.3 s) runs while this process imports the broker
     from shmbroker.config import load_broker_config
     from shmbroker.workers.service import serve
 
@@ -61,6 +64,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """`make run`: serve on the defaults, show one round trip, keep serving until Ctrl-C."""
     import logging
 
+    from shmbroker.workers import forkserver
+
+    forkserver.start()  # as in cmd_serve
     from shmbroker.config import load_broker_config
     from shmbroker.workers.service import serve
 

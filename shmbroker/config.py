@@ -8,7 +8,6 @@ defined once. Unknown keys are refused with InvalidConfigError, naming the key.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +156,8 @@ def load_broker_config(
     """Defaults, then ``[broker]`` of the TOML file (Kafka's keys), then the CLI's flags."""
     settings: dict[str, Any] = {}
     if path is not None:
+        import tomllib  # only with a config file: ~10 ms of import otherwise paid by every broker process
+
         try:
             settings = dict(tomllib.loads(Path(path).read_text()).get("broker", {}))
         except (OSError, tomllib.TOMLDecodeError) as exc:

@@ -44,7 +44,6 @@ import crc32c as _crc32c
 import numpy as np
 import numpy.typing as npt
 
-from shmbroker import codecs as _codecs
 from shmbroker.errors import CorruptRecordError, RecordTooLargeError, UnsupportedCompressionTypeError
 
 
@@ -327,15 +326,22 @@ class _VarintTable(dict[int, bytes]):
     """
 
     def __missing__(self, value: int) -> bytes:
+        if not self:  # the first lookup
+            self._prefill()
+            if value in self:
+                return self[value]
         encoded = zigzag_varint(value)
         if len(self) < _VARINT_CACHE_LIMIT:
             self[value] = encoded
         return encoded
 
+    def _prefill(self) -> None:
+        """Lengths and offset deltas of ordinary batches, at the first encode rather than at import
+        (~20 ms that every broker process paid, and none of them encodes records)."""
+        self.update((n, zigzag_varint(n)) for n in range(-1, 1 << 14))
+
 
 _VARINT = _VarintTable()
-for _n in range(-1, 1 << 14):
-    _VARINT[_n]  # prefill: lengths and offset deltas of ordinary batches
 
 
 class _PrefixTable:
@@ -446,6 +452,8 @@ def _finish_batch(
 ) -> bytearray:
     """Compress ``out[61:]`` if asked, write the header over ``out[:61]`` and the CRC; return the batch."""
     if codec != Codec.NONE:
+        from shmbroker import codecs as _codecs  # at first use: lz4, snappy, zstd stay off start-up
+
         compressed = _codecs.compress(codec, memoryview(out)[HEADER_BYTES:], level=compression_level)
         del out[HEADER_BYTES:]
         out += compressed
@@ -1344,6 +1352,8 @@ def _records_block(
 ) -> bytes:
     """The batch's records block, uncompressed and bounded, with its count checked against its size."""
     block = memoryview(buf)[HEADER_BYTES : header.size_bytes]
+    from shmbroker import codecs as _codecs  # at first use, as in _finish_batch
+
     data = _codecs.decompress(header.codec, block, max_uncompressed_bytes=max_uncompressed_bytes)
     if header.records_count > len(data) // MIN_RECORD_BYTES:
         raise CorruptRecordError(

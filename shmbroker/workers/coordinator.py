@@ -16,10 +16,8 @@ JoinGroup may be parked (the round is not complete); its reply is sent when ``ti
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,35 +26,17 @@ import zmq
 from shmbroker.errors import BrokerError, InvalidRequestError, RemoteProtocolError
 from shmbroker.net import protocol
 from shmbroker.net.protocol import ApiKey, Message, field_of
+from shmbroker.workers.forkserver import pid_alive
 from shmbroker.workers.group_errors import MemberIdRequiredError
 from shmbroker.workers.group_state import GroupCoordinatorState
 from shmbroker.workers.group_types import JoinCompleted, JoinFailed, JoinResult, Pending
 from shmbroker.workers.offset_store import OffsetStore
+from shmbroker.workers.specs import CoordinatorSpec
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
 OFFSETS_DIR = "__consumer_offsets"
-
-
-@dataclass(frozen=True)
-class CoordinatorSpec:
-    data_dir: Path
-    endpoint: str  # ipc://... in the broker's private runtime directory
-    supervisor_pid: int = 0  # it stops when that process is gone (0: never checks)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` still runs. A child cannot watch its parent with getppid: children come from
-    the fork server, which every child keeps alive (each holds its alive-pipe), so only the
-    supervisor's own pid tells whether it died."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _now_ms() -> int:
@@ -220,12 +200,6 @@ class Coordinator:
 
 def run(spec: CoordinatorSpec) -> None:
     """The coordinator process's body: serve until the relay's socket closes or SIGTERM."""
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle("shmbroker: coordinator")
-    except ImportError:
-        pass
     coordinator = Coordinator(spec.data_dir)
     context = zmq.Context()
     socket = context.socket(zmq.ROUTER)

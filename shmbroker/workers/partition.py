@@ -32,12 +32,9 @@ import mmap
 import os
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 from shmbroker import records
-from shmbroker.config import LogConfig
 from shmbroker.disk.log import Log
 from shmbroker.errors import (
     BrokerError,
@@ -51,6 +48,7 @@ from shmbroker.errors import (
 from shmbroker.ring.completion import Completion
 from shmbroker.ring.control import ControlWriter, ErrorKind, WorkerState
 from shmbroker.ring.lane import LaneWorker
+from shmbroker.workers.specs import WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +60,6 @@ SLEEP_S = 0.002  # longest sleep while busy: bounds the cost of a lost wakeup (r
 IDLE_SLEEP_S = 0.05  # longest sleep once idle for IDLE_AFTER_S: 16 idle workers then cost ~0 CPU
 IDLE_AFTER_S = 0.2
 MAINTENANCE_INTERVAL_S = 0.1
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    topic: str
-    partition: int
-    directory: Path
-    log_config: LogConfig
-    control_name: str  # the control block; its doorbell semaphore has the same name
-    cpu: int | None = None
-    leader_epoch: int = 0  # stamped in every batch (partitionLeaderEpoch); promote bumps it
-
-
-def _set_title(title: str) -> None:
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(title)
-    except ImportError:  # optional: only `ps` output suffers
-        pass
 
 
 def _error_kind(exc: BrokerError) -> ErrorKind:
@@ -415,7 +393,6 @@ class PartitionWorker:
 
 def run(spec: WorkerSpec, commands: Connection) -> None:
     """The worker process's body: blocking loop until the supervisor says stop (or the pipe dies)."""
-    _set_title(f"shmbroker: partition {spec.topic}-{spec.partition}")
     if spec.cpu is not None:
         try:
             import psutil

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from shmbroker import records
-from shmbroker.config import LogConfig
 from shmbroker.disk.epochs import EpochCache, EpochEntry, agreed_end
 from shmbroker.disk.files import write_replace
 from shmbroker.disk.log import Log
@@ -54,6 +53,7 @@ from shmbroker.ring.block import SharedBlock
 from shmbroker.ring.control import CONTROL_BYTES, SLEEPING_OFFSET, ControlReader, IsrCells
 from shmbroker.ring.doorbell import Doorbell, WakeFlag
 from shmbroker.workers import node_state
+from shmbroker.workers.specs import ReplicationSpec
 from shmbroker.workers.topics import TopicSpec, TopicStore
 
 log = logging.getLogger(__name__)
@@ -68,22 +68,6 @@ IDLE_AFTER_S = 1.0
 RECONNECT_S = 0.2
 HANDSHAKE_TIMEOUT_S = 5.0
 STREAM_BUFFERS = 2  # the follower receives into one while the other is written
-
-
-@dataclass(frozen=True)
-class ReplicationSpec:
-    data_dir: Path
-    status_path: Path
-    node: str  # this broker's name in peers' status: its replication listener or data dir
-    listener: str  # "host:port" where followers and probers connect; "" = none
-    peers: tuple[str, ...]
-    role: str
-    epoch: int
-    lag_time_max_ms: int
-    socket_timeout_ms: int
-    key_file: str  # this broker's own key (it presents it when following)
-    allowed_keys_dir: str  # followers' keys (checked when leading); "" = no authentication
-    log_config: LogConfig
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -858,18 +842,8 @@ class Replication:
             self.follower.close()
 
 
-def _set_title(title: str) -> None:
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(title)
-    except ImportError:
-        pass
-
-
 def run(spec: ReplicationSpec, commands: Connection) -> None:
     """The process body: until the supervisor says stop (or its pipe closes)."""
-    _set_title(f"shmbroker: replication {spec.role}")
     replication = Replication(spec)
     stop = threading.Event()
     threads = []

@@ -35,7 +35,6 @@ from typing import Any
 
 import zmq
 
-from shmbroker.config import BrokerConfig
 from shmbroker.disk.files import write_replace
 from shmbroker.disk.reader import LogReader
 from shmbroker.errors import (
@@ -50,13 +49,13 @@ from shmbroker.errors import (
     error_for_code,
 )
 from shmbroker.net import protocol
-from shmbroker.net.auth import CurveServer
 from shmbroker.net.connections import ConnectionTable
 from shmbroker.net.protocol import INTERNAL_APIS, ApiKey, Message, field_of
 from shmbroker.ring.control import ControlReader
 from shmbroker.ring.lane import LaneProducer
 from shmbroker.workers import dispatch
-from shmbroker.workers.coordinator import pid_alive
+from shmbroker.workers.forkserver import pid_alive
+from shmbroker.workers.specs import RouterSpec
 from shmbroker.workers.topics import check_topic_name
 
 log = logging.getLogger(__name__)
@@ -69,14 +68,6 @@ RPC_TIMEOUT_S = 10.0
 REFRESH_S = 1.0  # partitions known to the router are re-listed at least this often
 STATUS_INTERVAL_S = 0.5
 SEND_HWM = 10_000  # messages queued per client before a slow reader's replies are dropped
-
-
-@dataclass(frozen=True)
-class RouterSpec:
-    config: BrokerConfig
-    control_endpoint: str  # the supervisor's private ROUTER (ipc, in a 0700 directory)
-    status_path: Path
-    supervisor_pid: int = 0  # it stops when that process is gone (0: never checks)
 
 
 @dataclass
@@ -400,12 +391,6 @@ class Router:
 
 def run(spec: RouterSpec) -> None:
     """The router process's body: serve until SIGTERM (or the supervisor's death)."""
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle("shmbroker: router")
-    except ImportError:
-        pass
     stopping = False
 
     def stop(*_: object) -> None:
@@ -425,6 +410,8 @@ def run(spec: RouterSpec) -> None:
     socket.setsockopt(zmq.SNDHWM, SEND_HWM)
     authenticator = None
     if config.curve_secret_key_file:
+        from shmbroker.net.auth import CurveServer  # zmq's auth thread (asyncio, ssl): only with CURVE
+
         curve = CurveServer(Path(config.curve_secret_key_file), Path(config.curve_allowed_keys_dir))
         authenticator = curve.apply(context, socket)
     router = Router(spec, context)

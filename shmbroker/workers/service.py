@@ -21,14 +21,13 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import zmq
 
-from shmbroker import __version__, records
+from shmbroker import __version__
 from shmbroker.config import BrokerConfig
-from shmbroker.disk.reader import LogReader
 from shmbroker.errors import (
     BrokerError,
     CoordinatorNotAvailableError,
@@ -39,12 +38,15 @@ from shmbroker.errors import (
     UnknownTopicOrPartitionError,
 )
 from shmbroker.net import protocol
-from shmbroker.net.auth import CurveServer
 from shmbroker.net.protocol import GROUP_APIS, INTERNAL_APIS, ApiKey, Message, field_of
 from shmbroker.ring.control import WorkerState
 from shmbroker.workers import dispatch
 from shmbroker.workers.supervisor import Supervisor
 from shmbroker.workers.topics import TopicStore, check_topic_name
+
+if TYPE_CHECKING:  # imported where used: numpy, the disk layer and zmq's auth thread stay off start-up
+    from shmbroker.disk.reader import LogReader
+    from shmbroker.net.auth import CurveServer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,19 @@ ROUTER_IDENTITY = b"router"  # the client identity of the router's own calls (IN
 # the leader and gets NOT_LEADER_OR_FOLLOWER, which clients retry.
 FOLLOWER_APIS = frozenset({ApiKey.METADATA, ApiKey.STATUS, ApiKey.PROMOTE}) | INTERNAL_APIS
 TOPIC_READY_TIMEOUT_S = 10.0
+
+
+def process_age_s() -> float:
+    """Seconds since this process started, to 10 ms (0.0 where /proc cannot say). The ready line
+    counts from there: `shmbroker serve` starts the fork server and imports the broker before it
+    calls serve(), and that is start-up time too. (psutil's create_time adds up to a second of
+    error: it counts from the boot time in whole seconds.)"""
+    try:
+        # Field 22 of /proc/self/stat, after the parenthesised command name: clock ticks since boot.
+        ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
 
 
 def host_id() -> str:
@@ -80,6 +95,9 @@ class BrokerService:
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self.supervisor.check_peers_at_start()
+        # Before the workers, though "ready" does not wait for it: a broker that says ready has
+        # every child running. Its imports come after its fork (workers/forkserver.py) and overlap
+        # the workers' start.
         self.supervisor.start_coordinator()
         if self.supervisor.is_leader:
             for spec in list(self.supervisor.topics.topics.values()):
@@ -305,6 +323,8 @@ class BrokerService:
         Scans batch headers (max timestamp per batch), then decodes the one batch that holds the
         answer; bounded by the log's size, not by memory.
         """
+        from shmbroker import records
+
         reader = self._reader(topic, partition)
         offset, end = info["log_start_offset"], info["high_watermark"]
         while offset < end:
@@ -398,6 +418,8 @@ class BrokerService:
     def _reader(self, topic: str, partition: int) -> LogReader:
         reader = self.readers.get((topic, partition))
         if reader is None:
+            from shmbroker.disk.reader import LogReader
+
             reader = LogReader(self.supervisor.topics.partition_dir(topic, partition))
             self.readers[(topic, partition)] = reader
         return reader
@@ -439,6 +461,8 @@ def curve_of(config: BrokerConfig) -> CurveServer | None:
         )
     if not config.curve_secret_key_file:
         return None
+    from shmbroker.net.auth import CurveServer
+
     return CurveServer(Path(config.curve_secret_key_file), Path(config.curve_allowed_keys_dir))
 
 
@@ -488,14 +512,16 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
     control = context.socket(zmq.ROUTER)  # the router's relay and calls; private (0700 directory)
     control.setsockopt(zmq.LINGER, 0)
     control.setsockopt(zmq.ROUTER_MANDATORY, 0)
-    started = time.monotonic()
+    started = time.monotonic() - process_age_s()
     try:
         # The router first: it binds the public listener and asks for the partitions while the
         # workers start (its calls wait in the control socket until the loop below answers). No
         # socket of ours leaks into a child: the fork server is a fresh exec, passed only its fds.
         control.bind(service.supervisor.control_endpoint)
         service.supervisor.start_router()
+        forked_router = time.monotonic()  # its start waited for the fork server's preload
         service.start()
+        forked_all = time.monotonic()
         relay = context.socket(zmq.DEALER)  # to the group coordinator process
         relay.setsockopt(zmq.LINGER, 0)
         relay.connect(service.supervisor.coordinator_endpoint)
@@ -504,7 +530,7 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
         poller = zmq.Poller()
         poller.register(control, zmq.POLLIN)
         poller.register(relay, zmq.POLLIN)
-        deadline = started + 30
+        deadline = time.monotonic() + 30
         announced = False
         next_watch = 0.0
         while not stop.is_set() and not signalled:
@@ -539,10 +565,15 @@ def serve(config: BrokerConfig, *, stop: threading.Event | None = None, ready: A
                     return 1
                 if (supervisor.all_ready() and supervisor.router_ready_pid) or now > deadline:
                     announced = True
+                    log.debug(
+                        "start-up after process start: router forked (fork server up) %.0f ms, "
+                        "workers and coordinator forked %.0f ms, ready %.0f ms",
+                        *((t - started) * 1000 for t in (forked_router, forked_all, now)),
+                    )
                     print(
                         f"shmbroker {__version__} ready: {len(supervisor.slots)} partitions, data in "
                         f"{supervisor.data_dir}, listening on {config.listeners} "
-                        f"({(now - started) * 1000:.0f} ms)",
+                        f"({(now - started) * 1000:.0f} ms after start)",
                         flush=True,
                     )
                     if ready is not None:

@@ -2,7 +2,7 @@
 owns every shared-memory block, and answers clients on the listener (workers/service.py).
 
     shmbroker serve
-      |- fork server            started first; forks each worker with the imports already done
+      |- fork server            started first (workers/forkserver.py); forks every child warm
       |- partition worker x N   one per partition (leader role only)
       |- coordinator            consumer groups
       |- replication            when configured: streams to followers, or (follower role) owns the
@@ -22,10 +22,8 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import multiprocessing
 import os
 import shutil
-import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -44,7 +42,8 @@ from shmbroker.net.replication import tp_name
 from shmbroker.ring.block import new_name
 from shmbroker.ring.control import ControlBlock, ControlReader, WorkerState, create_control
 from shmbroker.ring.lane import LaneBlock, create_lane
-from shmbroker.workers import coordinator, node_state, partition, replicator, router
+from shmbroker.workers import forkserver, node_state
+from shmbroker.workers.specs import CoordinatorSpec, ReplicationSpec, RouterSpec, WorkerSpec
 from shmbroker.workers.topics import TopicSpec, TopicStore
 
 log = logging.getLogger(__name__)
@@ -131,19 +130,9 @@ class Supervisor:
         self._remove_stale_blocks()
         self.topics = TopicStore(self.data_dir)
         self.slots: dict[tuple[str, int], PartitionSlot] = {}
-        # Workers come from a fork server started now, before any socket is bound: a fork of this
-        # process would inherit the listener and ZeroMQ's descriptors and could keep the port
-        # after the supervisor died. The server preloads the worker's imports, so a fork is warm.
-        self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(
-            [
-                "shmbroker.workers.partition",
-                "shmbroker.workers.coordinator",
-                "shmbroker.workers.supervisor",
-                "shmbroker.workers.replicator",
-                "shmbroker.workers.router",
-            ]
-        )
+        # Children come from the fork server (workers/forkserver.py): `shmbroker serve` started it
+        # before this process imported much, and in any case before any socket is bound.
+        self._ctx = forkserver.context()
         self._next_producer_id = (time.time_ns() >> 20) & 0x3FFFFFFFFFFF  # unique across restarts
         self.started_ms = int(time.time() * 1000)
         # Private (0700) directory for the internal ipc endpoints: only this user can connect.
@@ -215,7 +204,7 @@ class Supervisor:
         cpu = None
         if self.config.cpu_affinity:
             cpu = len(self.slots) % (os.cpu_count() or 1)
-        worker_spec = partition.WorkerSpec(
+        worker_spec = WorkerSpec(
             topic=slot.topic,
             partition=slot.partition,
             directory=self.topics.partition_dir(slot.topic, slot.partition),
@@ -226,7 +215,10 @@ class Supervisor:
         )
         parent_end, child_end = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=_worker_main, args=(worker_spec, child_end), name=f"partition {slot.key}", daemon=False
+            target=forkserver.worker_main,
+            args=(worker_spec, child_end),
+            name=f"partition {slot.key}",
+            daemon=False,
         )
         process.start()
         child_end.close()
@@ -306,8 +298,10 @@ class Supervisor:
 
     def _spawn_coordinator(self) -> None:
         assert self.coordinator is not None
-        spec = coordinator.CoordinatorSpec(self.data_dir, self.coordinator_endpoint, os.getpid())
-        process = self._ctx.Process(target=_coordinator_main, args=(spec,), name="coordinator", daemon=False)
+        spec = CoordinatorSpec(self.data_dir, self.coordinator_endpoint, os.getpid())
+        process = self._ctx.Process(
+            target=forkserver.coordinator_main, args=(spec,), name="coordinator", daemon=False
+        )
         process.start()
         self.coordinator.process = process
 
@@ -319,8 +313,8 @@ class Supervisor:
     def _spawn_router(self) -> None:
         assert self.router is not None
         self.router_ready_pid = 0
-        spec = router.RouterSpec(self.config, self.control_endpoint, self.router_status_path, os.getpid())
-        process = self._ctx.Process(target=_router_main, args=(spec,), name="router", daemon=False)
+        spec = RouterSpec(self.config, self.control_endpoint, self.router_status_path, os.getpid())
+        process = self._ctx.Process(target=forkserver.router_main, args=(spec,), name="router", daemon=False)
         process.start()
         self.router.process = process
 
@@ -351,6 +345,8 @@ class Supervisor:
         leader coming back, and it follows instead (its divergent tail is cut on the handshake)."""
         if not (self.is_leader and self.config.replication_peers):
             return
+        from shmbroker.workers import replicator  # only with peers: keeps it off a plain start-up
+
         for address in self.config.replication_peers:
             try:
                 role, epoch = replicator.probe(
@@ -381,7 +377,7 @@ class Supervisor:
 
     def _spawn_replication(self) -> None:
         assert self.replication is not None
-        spec = replicator.ReplicationSpec(
+        spec = ReplicationSpec(
             data_dir=self.data_dir,
             status_path=self.replication_status_path,
             node=self._node_name(),
@@ -397,7 +393,7 @@ class Supervisor:
         )
         parent_end, child_end = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=_replication_main, args=(spec, child_end), name="replication", daemon=False
+            target=forkserver.replication_main, args=(spec, child_end), name="replication", daemon=False
         )
         process.start()
         child_end.close()
@@ -539,36 +535,3 @@ def _alive(pid: int, create_time: float) -> bool:
         return p.status() != psutil.STATUS_ZOMBIE and (create_time == 0.0 or p.create_time() == create_time)
     except psutil.Error:
         return False
-
-
-def _worker_main(spec: partition.WorkerSpec, commands: Connection) -> None:
-    # A forked child inherits the supervisor's signal handlers; the worker stops on the pipe's
-    # "stop", so a Ctrl-C to the process group must not kill it mid-append.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {spec.topic}-{spec.partition} %(message)s")
-    partition.run(spec, commands)
-
-
-def _router_main(spec: router.RouterSpec) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops it (SIGTERM) after its own
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s router %(message)s")
-    router.run(spec)
-
-
-def _replication_main(spec: replicator.ReplicationSpec, commands: Connection) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s replication %(message)s")
-    replicator.run(spec, commands)
-
-
-def _exit_cleanly(*_: object) -> None:
-    raise SystemExit(0)  # unwinds run()'s finally: the offset store is closed
-
-
-def _coordinator_main(spec: coordinator.CoordinatorSpec) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_cleanly)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s coordinator %(message)s")
-    coordinator.run(spec)
