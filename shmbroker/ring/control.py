@@ -1,6 +1,6 @@
 """Per-partition control block: the partition worker's public state, readable by anyone without asking.
 
-Little-endian, 384 bytes::
+Little-endian, 448 bytes::
 
     offset size field                                   written by
          0    4 magic b"SHBC"                            supervisor, at creation
@@ -25,7 +25,8 @@ Little-endian, 384 bytes::
        320    8 isr_seq: a seqlock of its own         \
        328    8 isr_followers: followers in the ISR     | the replicator (leader role), the only
        336    8 isr_min_leo: their smallest log end    /  writer; the worker reads them
-       384      end
+       384    4 readers' event counter (u32, futex)    worker; readers sleep on it
+       448      end
 
 Seqlock: the single writer makes ``seq`` odd, stores the snapshot, makes ``seq`` even again (x86-64
 keeps the three stores in order). A reader loads ``seq``, the snapshot, ``seq``, and accepts only an even,
@@ -37,6 +38,15 @@ The in-sync cells are the replicator's word to the worker (``IsrCells``): how ma
 the in-sync set and the smallest log end among them. The worker turns them into the high watermark,
 so the worker stays the only writer of the snapshot. They have their own seqlock and writer, and sit
 in their own cache line, away from the worker's seq.
+
+The readers' event counter wakes whoever waits for the partition to move (local consumers for the
+high watermark, the router for its completions and parked fetches): after every turn that
+published or completed anything, the worker adds 1 and wakes every sleeper on the word
+(``ring/futex.py``, a shared futex). A reader loads the counter *before* it checks for new data and
+sleeps only while the counter still holds that value, so it cannot sleep through an event that came
+after its check. Readers only read the word, so a reader killed at any instruction leaves nothing
+behind (the kernel forgets a dead sleeper), and every sleep is bounded by the reader's timeout, so a
+dead or restarting worker costs readers one timeout per wait, never a hang.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from enum import IntEnum
 from typing import NamedTuple
 
 from shmbroker.errors import BrokenError
+from shmbroker.ring import futex
 from shmbroker.ring.block import SharedBlock, new_name
 from shmbroker.ring.doorbell import FLAG, Bell, Doorbell, WakeFlag
 from shmbroker.ring.layout import CACHE_LINE, get_name, put_ascii
@@ -85,7 +96,7 @@ class ControlSnapshot(NamedTuple):
 
 
 CONTROL_MAGIC = b"SHBC"
-CONTROL_VERSION = 2
+CONTROL_VERSION = 3
 IDENTITY = struct.Struct("<4sH2xI")  # magic, version, partition_id
 NAME_FIELD_BYTES = CACHE_LINE
 DOORBELL_NAME_OFFSET = CACHE_LINE
@@ -95,7 +106,9 @@ SNAPSHOT = struct.Struct("<IIi4xqqqQQ7Q")  # one code per ControlSnapshot field,
 SNAPSHOT_OFFSET = SEQ_OFFSET + SEQ.size
 SLEEPING_OFFSET = 4 * CACHE_LINE  # its own cache line: producers poll it on every notify
 ISR_OFFSET = 5 * CACHE_LINE  # isr_seq, isr_followers, isr_min_leo as native u64/i64 items
-CONTROL_BYTES = 6 * CACHE_LINE
+EVENTS_OFFSET = 6 * CACHE_LINE  # its own cache line: readers load it on every wait
+CONTROL_BYTES = 7 * CACHE_LINE
+EVENTS_MASK = 0xFFFFFFFF
 READ_DEADLINE_S = 0.05  # a writer preempted mid-update on a busy 2-core host keeps seq odd for ~1 ms
 
 
@@ -155,6 +168,9 @@ class ControlWriter:
         self._seq_cell[0] = self._seq
         self.current = previous._replace(state=WorkerState.STARTING, worker_pid=os.getpid())
         self.wake_flag = WakeFlag(region, SLEEPING_OFFSET, bell)
+        # Counted on from what a predecessor left: a reader holding an old value then wakes at once.
+        self._events = region[EVENTS_OFFSET : EVENTS_OFFSET + 4].cast("I")
+        self._events_address = futex.address_of(region, EVENTS_OFFSET)
         self._owned: tuple[SharedBlock, Doorbell] | None = None
         self.publish(self.current)  # our pid and STARTING, visible at once
 
@@ -181,6 +197,12 @@ class ControlWriter:
         cell[0] = seq + 2  # even: the snapshot is whole
         self._seq = seq + 2
         self.current = snapshot
+
+    def wake_readers(self) -> None:
+        """After a turn that published or completed something: bump the event counter, wake every
+        reader asleep on it (one futex syscall, ~2 us, whether or not anyone sleeps)."""
+        self._events[0] = (self._events[0] + 1) & EVENTS_MASK  # after the data: x86 keeps stores in order
+        futex.wake(self._events_address)
 
     def isr_cells(self) -> IsrCells:
         """The worker's view of the in-sync cells (the replicator writes them)."""
@@ -217,6 +239,7 @@ class ControlWriter:
 
     def close(self) -> None:
         self.wake_flag.close()
+        self._events.release()
         self._seq_cell.release()
         self._buf.release()
         if self._owned:
@@ -232,6 +255,8 @@ class ControlReader:
         self.partition_id, self.doorbell_name = check_control(region)
         self._buf = region
         self._seq_cell = seq_cell(region)
+        self._events = region[EVENTS_OFFSET : EVENTS_OFFSET + 4].cast("I")
+        self.events_address = futex.address_of(region, EVENTS_OFFSET)
         self._block: SharedBlock | None = None
         self._last_offsets: tuple[int, int] | None = None
 
@@ -288,7 +313,17 @@ class ControlReader:
     def worker_sleeping(self) -> bool:
         return bool(FLAG.unpack_from(self._buf, SLEEPING_OFFSET)[0])
 
+    def events(self) -> int:
+        """The readers' event counter: load it *before* looking for new data, then ``wait_event``."""
+        return int(self._events[0])
+
+    def wait_event(self, seen: int, timeout_s: float) -> bool:
+        """Sleep until the worker's next turn moves the counter past ``seen``, at most ``timeout_s``.
+        True if it moved (or already had); False on timeout. Either way, look for data again."""
+        return futex.wait(self.events_address, seen, timeout_s)
+
     def close(self) -> None:
+        self._events.release()
         self._seq_cell.release()
         self._buf.release()
         if self._block is not None:
