@@ -40,10 +40,10 @@ from shmbroker.client.types import (
 from shmbroker.disk.reader import LogReader
 from shmbroker.errors import BrokenError, BrokerError, OffsetOutOfRangeError
 from shmbroker.net.protocol import ApiKey
+from shmbroker.ring import futex
 from shmbroker.ring.control import ControlReader
 
-SPIN_S = 0.0002  # busy-check the high watermark this long before sleeping: low latency, bounded CPU
-SLEEP_S = 0.0001
+WAIT_S = 0.002  # longest sleep on the event counters: bounds the cost of a missed wakeup
 
 
 class _Assigned:
@@ -402,24 +402,34 @@ class Consumer(GroupMixin):
         part.position = self._resolve(part, OFFSET_INVALID, info)
 
     def _wait(self, deadline: float | None) -> bool:
-        """Wait a little for new data; False once the deadline has passed."""
+        """Wait a little for new data; False once the deadline has passed.
+
+        Local: sleep on the control blocks' event counters (ring/control.py), which the worker bumps
+        and wakes after every turn, so a record is seen as soon as it is published, without
+        spinning (on 2 shared cores a spin takes the CPU the worker and the producer need). The
+        counters are loaded before the positions are compared with the high watermarks, so an
+        append after the check moves the counter and the sleep returns at once. Each sleep lasts
+        at most WAIT_S, which bounds what a missed wakeup (a worker restarting) can cost.
+        """
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             return False
         if not self._transports.local:
             return True  # the FETCH long-poll did the waiting
-        spin_until = now + SPIN_S
-        marks = {id(p): _high_watermark(p) for p in self._assigned.values() if p.control is not None}
-        while True:
-            for p in self._assigned.values():
-                if p.control is not None and _high_watermark(p) != marks.get(id(p)):
-                    return True
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return False
-            if now >= spin_until:
-                time.sleep(SLEEP_S)
-                return True
+        words = []
+        for p in self._assigned.values():
+            if p.control is None or p.paused:
+                continue
+            seen = p.control.events()
+            if p.position < _high_watermark(p):
+                return True  # published since the read: read again
+            words.append((p.control.events_address, seen))
+        timeout_s = WAIT_S if deadline is None else min(WAIT_S, deadline - now)
+        if words:
+            futex.wait_any(words, timeout_s)
+        else:
+            time.sleep(timeout_s)  # every partition paused: nothing to wake us but time
+        return True
 
     # -- offsets ----------------------------------------------------------------------------------------
     def _offsets(self, topic: str, partition: int, timestamp: int) -> dict[str, Any]:
