@@ -52,6 +52,7 @@ from shmbroker.net import protocol
 from shmbroker.net.connections import ConnectionTable
 from shmbroker.net.protocol import INTERNAL_APIS, ApiKey, Message, field_of
 from shmbroker.ring.control import ControlReader
+from shmbroker.ring.futex_fd import FutexFd
 from shmbroker.ring.lane import LaneProducer
 from shmbroker.workers import dispatch
 from shmbroker.workers.forkserver import pid_alive
@@ -83,6 +84,7 @@ class PendingFetch:
     identity: bytes
     request: Message
     deadline: float
+    partitions: tuple[tuple[str, int], ...] = ()  # whose event counters can answer it
 
 
 class _Partition:
@@ -296,8 +298,9 @@ class Router:
         if reply is not None:
             return reply
         wait_ms = field_of(request.body, "max_wait_ms", int, default=500)
+        keys = tuple((str(e["topic"]), int(e["partition"])) for e in request.body["partitions"])
         self.pending_fetches.append(
-            PendingFetch(identity, request, time.monotonic() + min(wait_ms, 30_000) / 1000)
+            PendingFetch(identity, request, time.monotonic() + min(wait_ms, 30_000) / 1000, keys)
         )
         return None
 
@@ -368,6 +371,33 @@ class Router:
                 socket.send_multipart([pending.identity, *reply], copy=False)
         self.pending_fetches = still
 
+    # -- waiting ------------------------------------------------------------------------------------------
+    def watch_words(self) -> list[tuple[int, int]]:
+        """``(address, counter)`` of the event counter of every partition something here waits for
+        (a completion, lane room, data for a parked fetch); load it before looking (ring/futex_fd.py)."""
+        keys = {(topic, partition) for topic, partition, _sequence in self.pending_produce}
+        keys.update(key for key, backlog in self.router_backlog.items() if backlog)
+        for pending in self.pending_fetches:
+            keys.update(pending.partitions)
+        words = []
+        for key in keys:
+            part = self.partitions.get(key)
+            if part is None:
+                continue
+            try:
+                control = part.control()
+            except BrokerError:
+                continue  # gone: the pass answers its fetches with the error
+            words.append((control.events_address, control.events()))
+        return words
+
+    def poll_timeout_ms(self, now: float) -> int:
+        """Until the earliest parked fetch is due (its empty answer), at most POLL_MS."""
+        if not self.pending_fetches:
+            return POLL_MS
+        due_s = min(pending.deadline for pending in self.pending_fetches) - now
+        return max(0, min(POLL_MS, int(due_s * 1000) + 1))
+
     # -- status and shutdown -----------------------------------------------------------------------------
     def write_status(self) -> None:
         status = {
@@ -415,6 +445,9 @@ def run(spec: RouterSpec) -> None:
         curve = CurveServer(Path(config.curve_secret_key_file), Path(config.curve_allowed_keys_dir))
         authenticator = curve.apply(context, socket)
     router = Router(spec, context)
+    # The worker's wake-ups (completions, new data) as a readable fd next to the sockets: the loop
+    # sleeps in poll instead of spinning with 100-us sleeps while anything is pending.
+    waker = FutexFd()
     try:
         socket.bind(config.listeners)
         router.refresh(force=True)
@@ -422,10 +455,20 @@ def run(spec: RouterSpec) -> None:
         poller = zmq.Poller()
         poller.register(socket, zmq.POLLIN)
         poller.register(router.upstream, zmq.POLLIN)
+        poller.register(waker.fd, zmq.POLLIN)
         next_tick = 0.0
         while not stopping:
-            busy = bool(router.pending_produce or router.pending_fetches or router.router_backlog_bytes)
-            events = dict(poller.poll(0 if busy else POLL_MS))
+            # Loaded before the look below, so a worker turn after it wakes the poll at once.
+            words = router.watch_words()
+            if router.pending_produce or router.router_backlog_bytes:
+                router.collect_completions(socket)
+            if router.pending_fetches:
+                router.expire_fetches(socket)
+            if words:
+                waker.watch(words)
+            events = dict(poller.poll(router.poll_timeout_ms(time.monotonic())))
+            if waker.fd in events:
+                waker.drain()
             if socket in events:
                 for _ in range(256):
                     try:
@@ -446,12 +489,6 @@ def run(spec: RouterSpec) -> None:
                         )
                     except zmq.Again:
                         break
-            if router.pending_produce or router.router_backlog_bytes:
-                router.collect_completions(socket)
-            if router.pending_fetches:
-                router.expire_fetches(socket)
-            if busy and not events:
-                time.sleep(0.0001)
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + STATUS_INTERVAL_S
@@ -464,6 +501,7 @@ def run(spec: RouterSpec) -> None:
                 except (BrokerError, OSError) as exc:
                     log.warning("router housekeeping: %r", exc)
     finally:
+        waker.close()
         if authenticator is not None:
             authenticator.stop()
         socket.close(0)
