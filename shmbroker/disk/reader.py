@@ -59,6 +59,13 @@ class _MappedSegment:
 
     def refresh_index(self) -> None:
         """Pick up entries the worker appended since; a torn last entry waits for next time."""
+        # One stat, not open + read + close, when nothing was added: the common case of a tail
+        # reader (a local consumer or a parked fetch reads the active segment after every append).
+        try:
+            if os.stat(self.index_path).st_size < (len(self.offsets) + 1) * INDEX_ENTRY.itemsize:
+                return
+        except FileNotFoundError:
+            return
         try:
             with open(self.index_path, "rb") as f:
                 f.seek(len(self.offsets) * INDEX_ENTRY.itemsize)
@@ -84,7 +91,7 @@ class _MappedSegment:
 
     def _index_floor(self, column: np.ndarray, key: int) -> tuple[int, int]:
         """(offset, position) of the last index entry whose ``column`` value is <= key; else the start."""
-        i = int(np.searchsorted(column, key, side="right")) - 1
+        i = int(column.searchsorted(key, side="right")) - 1  # the method: no fromnumeric wrapper
         if i < 0:
             return self.base_offset, 0
         return self.base_offset + int(self.offsets[i]), int(self.positions[i])

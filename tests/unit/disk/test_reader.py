@@ -100,3 +100,22 @@ def test_reader_stops_at_the_data_not_at_the_reserved_zeros(log_dir: Path) -> No
     assert len(whole) == log.statistics().size_bytes
     log.close()
     reader.close()
+
+
+def test_reader_picks_up_new_index_entries_and_skips_the_read_when_there_are_none(log_dir: Path) -> None:
+    log = Log.open(log_dir, small_config(segment_bytes=1 << 20), now_ms=0)
+    reader = LogReader(log_dir)
+    log.append(make_batch([b"x" * 100] * 3), now_ms=0)
+    assert reader.read(0, 1 << 20, upto_offset=log.log_end_offset) is not None
+    (segment,) = reader._segments.values()
+    before = segment.offsets
+    assert reader.read(0, 1 << 20, upto_offset=log.log_end_offset) is not None
+    assert segment.offsets is before  # the index did not grow: not re-read
+    while log.log_end_offset < 200:  # well past index_interval_bytes (512)
+        log.append(make_batch([b"x" * 100] * 3), now_ms=0)
+    hwm = log.log_end_offset
+    got = reader.read(hwm - 1, 1 << 20, upto_offset=hwm)
+    assert got is not None and bytes(got) == read_bytes(log, hwm - 1, 1 << 20, hwm)
+    assert len(segment.offsets) > len(before)  # the new entries were read
+    log.close()
+    reader.close()
