@@ -14,6 +14,7 @@ from shmbroker.ring import futex
 from shmbroker.ring.control import ControlReader, WorkerState, create_control
 from shmbroker.ring.lane import LaneProducer, create_lane
 from shmbroker.workers import partition
+from shmbroker.workers.specs import WorkerSpec
 from tests.unit.disk.conftest import make_batch
 
 pytestmark = pytest.mark.skipif(not futex.available(), reason="no futex syscall on this platform")
@@ -31,7 +32,7 @@ def _wait_for(predicate: object, what: str) -> None:
 def test_a_turn_wakes_a_reader_long_before_its_timeout(tmp_path: Path) -> None:
     control_name, control = create_control(0)
     lane_name, lane = create_lane(1 << 16, partition_id=0, control_name=control_name)
-    spec = partition.WorkerSpec("t", 0, tmp_path / "t-0", LogConfig(), control_name)
+    spec = WorkerSpec("t", 0, tmp_path / "t-0", LogConfig(), control_name)
     ctx = mp.get_context("fork")  # the worker body, as the supervisor's fork server runs it
     ours, theirs = ctx.Pipe()
     worker = ctx.Process(target=partition.run, args=(spec, theirs), daemon=True)
