@@ -141,6 +141,20 @@ def test_zigzag_varint_matches_kafka(value: int, encoded: bytes) -> None:
     assert records.zigzag_varint(value) == encoded
 
 
+@pytest.mark.parametrize("tail", [b"", b"\x05\x80"], ids=["alone", "with-trailing-bytes"])
+def test_read_varint_decodes_every_one_to_three_byte_value_and_refuses_cut_ones(tail: bytes) -> None:
+    """The one- and two-byte fast paths and the loop agree with the encoder, at any end."""
+    for value in range(-(2**20), 2**20, 37):
+        encoded = records.zigzag_varint(value)
+        buf = b"\x00" + encoded + tail
+        assert records._read_varint(buf, 1, len(buf), records.MAX_VARINT_BYTES, "t") == (
+            value,
+            1 + len(encoded),
+        )
+        with pytest.raises(CorruptRecordError):
+            records._read_varint(buf, 1, len(encoded), records.MAX_VARINT_BYTES, "t")  # cut before its end
+
+
 # ------------------------------------------------------------------------------------------ round trips
 
 
