@@ -190,12 +190,18 @@ def produce_run(address: str, acks: str, api: str, n: int) -> float:
         producer.close(5)
 
 
-def settle(probe: LeaderProbe, tp: str) -> int:
-    """Wait until the follower is in sync and has everything (high watermark = log end); return it."""
+def settle(probe: LeaderProbe, tp: str, expect: int | None = None) -> int:
+    """Wait until the follower is in sync and has everything (high watermark = log end); return it.
+
+    The log end comes from the replicator's status, written every 0.5 s: while the follower still
+    catches up, the high watermark passes through the log ends of earlier snapshots and can equal a
+    stale one. So after a run, whose end is known (``expect``), wait for that offset itself."""
     wait_for(f"follower in sync on {tp}", lambda: probe.in_sync(tp))
 
     def caught_up() -> tuple[int] | None:
         hw = probe.high_watermark(TOPIC)
+        if expect is not None:
+            return (hw,) if hw == expect else None
         return (hw,) if hw == probe.partition(tp).get("log_end_offset") else None
 
     return int(wait_for("high watermark = leader log end", caught_up)[0])
@@ -228,7 +234,7 @@ def produce_runs(address: str, probe: LeaderProbe, api: str, runs: int, count: i
         for acks in ("1", "all") if run % 2 == 0 else ("all", "1"):
             end_before = settle(probe, tp)
             rates[acks].append(produce_run(address, acks, api, count))
-            end_after = settle(probe, tp)
+            end_after = settle(probe, tp, expect=end_before + count + 1)
             if end_after != end_before + count + 1:  # +1: the warm-up record
                 raise RuntimeError(f"log end {end_before} -> {end_after}; expected +{count + 1}")
             print(
