@@ -453,7 +453,7 @@ def run_procs(
         records_per_s=received / elapsed if received else 0.0,
         mb_per_s=received * size_bytes / elapsed / 1e6 if received else 0.0,
         procs=procs,
-        latency=last.get("latency"),
+        latency=last.get("latency") or first.get("latency"),  # produce-latency runs: the producer's
         timed_out=bool(last.get("timed_out")) or (received < n_records and error is None),
         error=error,
         extra=keep,

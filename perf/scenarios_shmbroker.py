@@ -105,9 +105,18 @@ class Broker:
         return out
 
     def servers(self) -> dict[str, int]:
+        """Every broker process, so a run's CPU table shows where the time went (the router too)."""
         pids = {"broker-supervisor": self.pid}
         for i, pid in enumerate(self.worker_pids()):
             pids[f"broker-worker-{i}"] = pid
+        for child in psutil.Process(self.pid).children(recursive=True):
+            try:
+                title = " ".join(child.cmdline())
+            except psutil.Error:
+                continue
+            for role in ("router", "coordinator"):
+                if title.startswith(f"shmbroker: {role}"):
+                    pids[f"broker-{role}"] = child.pid
         return pids
 
     def __exit__(self, *exc: object) -> None:
@@ -147,10 +156,19 @@ def producer_child(
     n: int,
     batch: bool = False,
     rate: float | None = None,
+    ack_latency: bool = False,
 ) -> dict[str, Any]:
     from shmbroker import Producer
 
     producer = Producer(_producer_conf(address, transport, codec, linger_ms=0 if rate else 5))
+    acked: list[int] = []  # ack_latency: delivery-report time - scheduled send time, per record
+    last_ack_ns = [0]
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        if err is None:
+            last_ack_ns[0] = now = time.monotonic_ns()
+            acked.append(now - read_stamp(msg.value()))
+
     producer.produce(TOPIC, b"warm-up", partition=0)  # opens the lane before the clock starts
     producer.flush(10)
     payload = os.urandom(size)
@@ -164,8 +182,9 @@ def producer_child(
                 producer.poll(0)
                 pacer.sleep_until(sent)
                 continue
+            cb = on_delivery if ack_latency else None
             for i in range(sent, due):
-                producer.produce(TOPIC, mk(pacer.sched_ns(i)), partition=0)
+                producer.produce(TOPIC, mk(pacer.sched_ns(i)), partition=0, on_delivery=cb)
             sent = due
             producer.poll(0)
     elif batch:
@@ -197,6 +216,11 @@ def producer_child(
                     break
     producer.flush(max(1.0, ctl.remaining()))
     producer.close(5)
+    if ack_latency:
+        d = percentiles_us(acked)
+        d["offered_rate"] = float(rate or 0)
+        d["achieved_rate"] = len(acked) / max((last_ack_ns[0] - ctl.t_go_ns) / 1e9, 1e-9)
+        return {"sent": sent, "latency": d}
     return {"sent": sent}
 
 
@@ -240,7 +264,14 @@ def consumer_child(
 
 
 def acked_child(
-    ctl: Ctl, address: str, transport: str, size: int, n: int, batch: bool = False, rate: float | None = None
+    ctl: Ctl,
+    address: str,
+    transport: str,
+    size: int,
+    n: int,
+    batch: bool = False,
+    rate: float | None = None,
+    poll_s: float = 0.001,
 ) -> dict[str, Any]:
     """The "consumer" of produce-only runs: done when the partition's high watermark shows all n
     records appended (it reads no record; the offsets come from the broker)."""
@@ -252,7 +283,7 @@ def acked_child(
     high = 0
     while high < n + 1 and not ctl.expired():  # +1: the producer's warm-up record
         _low, high = consumer.get_watermark_offsets(tp)
-        time.sleep(0.001)
+        time.sleep(poll_s)
     t_last = ctl.stop_clock()
     consumer.close()
     return {"received": max(0, high - 1), "t_last_ns": t_last, "timed_out": ctl.expired()}
@@ -269,6 +300,7 @@ def _run(
     batch: bool = False,
     rate: float | None = None,
     produce_only: bool = False,
+    ack_latency: bool = False,
 ) -> Result:
     with Broker() as broker:
         kw_p = {
@@ -279,6 +311,7 @@ def _run(
             "n": n,
             "batch": batch,
             "rate": rate,
+            **({"ack_latency": True} if ack_latency else {}),
         }
         kw_c = {
             "address": broker.address,
@@ -287,6 +320,8 @@ def _run(
             "n": n,
             "batch": batch,
             "rate": rate,
+            # A produce-latency run only needs the end: a rare look keeps the broker's CPU for the producer.
+            **({"poll_s": 0.05} if ack_latency else {}),
         }
         return run_pair(
             name,
@@ -294,7 +329,7 @@ def _run(
             n,
             timeout_s,
             producer=(producer_child, kw_p),
-            consumer=(acked_child if produce_only else consumer_child, kw_c),
+            consumer=(acked_child if produce_only or ack_latency else consumer_child, kw_c),
             servers=broker.servers(),
             extra={"transport": transport, "codec": codec, "batch_api": batch, "rate": rate},
         )
@@ -396,9 +431,32 @@ def _register_latency(transport: str, rate: int) -> None:
     )(run)
 
 
+def _register_ack_latency(transport: str, rate: int) -> None:
+    name = f"shmbroker-{'local' if transport == 'shm' else 'remote'}-acklat{rate // 1000}k"
+
+    def run(size_bytes: int, n_records: int, timeout_s: float) -> Result:
+        return _run(name, size_bytes, n_records, timeout_s, transport=transport, rate=rate, ack_latency=True)
+
+    run.__doc__ = (
+        f"Produce latency at {rate} records/s offered (100 B), what Kafka calls produce or request "
+        "latency: produce() each due record with linger.ms=0 and an on_delivery callback, poll(0); "
+        "latency = delivery report (acks=1: appended) - scheduled send time. No consumer reads."
+    )
+    scenario(
+        name,
+        sizes=(100,),
+        kind="latency",
+        peer=False,
+        records={100: int(rate * LAT_SECONDS)},
+        smoke_records={100: int(rate * 0.2)},
+        timeout_s=LAT_TIMEOUT_S,
+    )(run)
+
+
 for _transport in ("shm", "zmq"):
     for _rate in LAT_RATES:
         _register_latency(_transport, _rate)
+        _register_ack_latency(_transport, _rate)
 
 
 def _group_run(name: str, mode: str, size: int, n: int, timeout_s: float) -> Result:

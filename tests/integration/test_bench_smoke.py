@@ -76,3 +76,18 @@ def test_bench_smoke_redis(tmp_path: Path) -> None:
     data = _smoke(tmp_path, ["redis-streams-aof-off"], "100")
     procs = data["summary"][0]["peak_rss_bytes"]
     assert procs.get("redis-server", 0) > 0, procs  # the server was measured too
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_bench_smoke_produce_latency_comes_from_the_delivery_reports(tmp_path: Path) -> None:
+    """The produce-latency scenario (what #4's figure names) reports one sample per delivered
+    record, measured in the producer, and is not mistaken for a saturated run."""
+    data = _smoke(tmp_path, ["shmbroker-local-acklat10k"], "100")
+    run = data["runs"][0]
+    lat = run["latency"]
+    assert lat["samples"] == run["n_records"] == run["received"]
+    assert 0 < lat["p50_us"] <= lat["p99_us"] <= lat["max_us"]
+    assert not run["saturated"], lat
+    names = {p["name"] for p in run["procs"]}
+    assert {"producer", "broker-worker-0", "broker-router"} <= names  # every broker process is measured
