@@ -18,6 +18,7 @@ from shmbroker.config import DEFAULT_LISTENER
 from shmbroker.errors import RequestTimedOutError
 from shmbroker.net.auth import apply_client_curve
 from shmbroker.net.protocol import ApiKey, ClientState, Message
+from shmbroker.net.zmqio import recv_frames, send_frames
 
 
 def bootstrap_address(config: dict[str, Any]) -> str:
@@ -54,7 +55,7 @@ class Connection:
     def send(self, api: ApiKey, body: dict[str, Any], data: list[Any] | None = None) -> int:
         """Send a request; its reply comes from ``receive`` or ``call``. Returns the correlation id."""
         correlation_id, frames = self._state.request(api, body, data)
-        self._socket.send_multipart(frames, copy=False)
+        send_frames(self._socket, frames, copy=not data)  # record data goes without a copy
         return correlation_id
 
     def receive(self, timeout_s: float = 0.0) -> Message | None:
@@ -63,10 +64,15 @@ class Connection:
             return self._early.pop(next(iter(self._early)))
         deadline = time.monotonic() + timeout_s
         while True:
-            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if not self._socket.poll(remaining_ms, zmq.POLLIN):
-                return None
-            frames = self._socket.recv_multipart(copy=False)
+            # Look first: poll(0) costs a Poller per call, and poll(0) is what producers ask most.
+            frames = recv_frames(self._socket)
+            if frames is None:
+                remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                if not remaining_ms or not self._socket.poll(remaining_ms, zmq.POLLIN):
+                    return None
+                frames = recv_frames(self._socket)
+                if frames is None:
+                    continue
             reply = self._state.receive([f.buffer for f in frames])
             if reply is not None:
                 return reply
@@ -102,7 +108,9 @@ class Connection:
                 )
             if not self._socket.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
                 continue
-            frames = self._socket.recv_multipart(copy=False)
+            frames = recv_frames(self._socket)
+            if frames is None:
+                continue
             reply = self._state.receive([f.buffer for f in frames])
             if reply is None:
                 continue

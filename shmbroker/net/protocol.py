@@ -85,6 +85,7 @@ class ApiKey(IntEnum):
     GOODBYE = 21  # revision 3: the client closes; no reply. Frees its max.connections slot at once
 
 
+_API_BY_VALUE = {int(api): api for api in ApiKey}  # ApiKey(value) is a Python-level enum call per message
 GROUP_APIS = frozenset(range(ApiKey.JOIN_GROUP, ApiKey.DELETE_GROUP + 1))
 INTERNAL_APIS = frozenset(
     {ApiKey.INTERNAL_PARTITIONS, ApiKey.INTERNAL_OPEN_ROUTER_LANE, ApiKey.INTERNAL_ROUTER_READY}
@@ -149,10 +150,9 @@ def decode(frames: list[Any]) -> Message:
     version, api, flags, correlation_id = HEADER.unpack(header)
     if version != VERSION:
         raise RemoteProtocolError(f"protocol version {version}; this broker speaks {VERSION}")
-    try:
-        api_key = ApiKey(api)
-    except ValueError:
-        raise RemoteProtocolError(f"unknown api {api}") from None
+    api_key = _API_BY_VALUE.get(api)
+    if api_key is None:
+        raise RemoteProtocolError(f"unknown api {api}")
     raw = memoryview(frames[1])
     if raw.nbytes > MAX_BODY_BYTES:
         raise RemoteProtocolError(f"body of {raw.nbytes} bytes; at most {MAX_BODY_BYTES}")

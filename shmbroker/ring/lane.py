@@ -45,7 +45,15 @@ from shmbroker.ring.completion import (
     CompletionWriter,
 )
 from shmbroker.ring.control import CONTROL_BYTES, SLEEPING_OFFSET, check_control
-from shmbroker.ring.doorbell import DEFAULT_WAIT_S, FLAG, Bell, Doorbell, WakeFlag
+from shmbroker.ring.doorbell import (
+    DEFAULT_WAIT_S,
+    FLAG,
+    Bell,
+    Doorbell,
+    SocketBell,
+    WakeFlag,
+    socket_bell_address,
+)
 from shmbroker.ring.layout import CACHE_LINE, get_name, init_ring, put_ascii, ring_bytes
 from shmbroker.ring.ring import FrameType, RingReader, RingWriter
 
@@ -138,7 +146,7 @@ class _Owned:
     """Views, blocks and bells an attached end opened itself and must close, newest first."""
 
     def __init__(self) -> None:
-        self.items: list[memoryview | SharedBlock | Doorbell] = []
+        self.items: list[memoryview | SharedBlock | Doorbell | SocketBell] = []
 
     def close(self) -> None:
         while self.items:
@@ -247,6 +255,16 @@ class LaneProducer:
                 return []
             self._waiting.sleep(self._completions.ready, min(remaining, max_sleep_s), spin_s=spin_s)
 
+    def announce_wait(self) -> bool:
+        """Announce a wait for completions that happens elsewhere (a poll on the lane's socket bell,
+        ``LaneWorker.attach(wake_socket=True)``); True if completions are there already (then do not
+        wait). Call ``end_wait()`` after the wait either way."""
+        self._waiting.announce()
+        return self._completions.ready()
+
+    def end_wait(self) -> None:
+        self._waiting.clear()
+
     def unread_bytes(self) -> int:
         """Bytes the worker has not taken yet; 0 means even acks=0 batches have reached the worker."""
         return self._requests.unread_bytes()
@@ -279,14 +297,19 @@ class LaneWorker:
         self._closed = False
 
     @classmethod
-    def attach(cls, name: str) -> LaneWorker:
-        """Attach the lane ``name`` and its completion doorbell."""
+    def attach(cls, name: str, *, wake_socket: bool = False) -> LaneWorker:
+        """Attach the lane ``name`` and its completion doorbell: the lane's semaphore, or with
+        ``wake_socket`` the datagram socket bell its producer polls (the router's lanes)."""
         owned = _Owned()
         try:
             block = SharedBlock.attach(name, min_bytes=REQUEST_RING_OFFSET)
             owned.items.append(block)
             info = check_lane(block.view)
-            bell = Doorbell.attach(info.completion_bell_name)
+            bell: Doorbell | SocketBell
+            if wake_socket:
+                bell = SocketBell(socket_bell_address(name))
+            else:
+                bell = Doorbell.attach(info.completion_bell_name)
             owned.items.append(bell)
             worker = cls(block.slice(0, info.lane_bytes), completion_bell=bell)
         except BaseException:

@@ -84,7 +84,8 @@ class _Lane:
 
     def __init__(self, name: str, producer_id: int, pid: int, trusted: bool) -> None:
         self.name, self.producer_id, self.pid, self.trusted = name, producer_id, pid, trusted
-        self.worker = LaneWorker.attach(name)
+        # The router waits in poll() beside its sockets: its lanes ring a socket it polls (one wakeup).
+        self.worker = LaneWorker.attach(name, wake_socket=trusted)
         # Completions waiting for the high watermark (acks=all), with the offset it must reach;
         # later completions of this lane queue behind them so the producer sees them in order.
         self.held: deque[tuple[int, bool, Completion]] = deque()

@@ -51,7 +51,9 @@ from shmbroker.errors import (
 from shmbroker.net import protocol
 from shmbroker.net.connections import ConnectionTable
 from shmbroker.net.protocol import INTERNAL_APIS, ApiKey, Message, field_of
+from shmbroker.net.zmqio import recv_frames, send_frames
 from shmbroker.ring.control import ControlReader
+from shmbroker.ring.doorbell import SocketWaiter, socket_bell_address
 from shmbroker.ring.futex_fd import FutexFd
 from shmbroker.ring.lane import LaneProducer
 from shmbroker.workers import dispatch
@@ -62,6 +64,9 @@ from shmbroker.workers.topics import check_topic_name
 log = logging.getLogger(__name__)
 
 POLL_MS = 50
+# Longest poll while a produce waits for its completion: bounds a wakeup lost to store->load
+# reordering in the lane's flag protocol (ring/doorbell.py), as the workers' own sleeps are bounded.
+COMPLETION_WAIT_MS = 2
 ROUTER_BACKLOG_BYTES = 256 << 20  # remote batches waiting for room in a router lane, all partitions
 FETCH_MAX_BYTES = 50 << 20
 PARTITION_FETCH_MAX_BYTES = 1 << 20
@@ -130,6 +135,11 @@ class Router:
         self.partitions: dict[tuple[str, int], _Partition] = {}
         self._listed_at = 0.0
         self.router_lanes: dict[tuple[str, int], LaneProducer] = {}
+        # Each router lane's socket bell (the worker rings it after posting completions): polled
+        # beside the client sockets, so a completion wakes this loop directly. A lane without one
+        # (its name was taken) is watched through the FutexFd thread instead.
+        self.lane_waiters: dict[tuple[str, int], SocketWaiter] = {}
+        self.poller: zmq.Poller | None = None  # run()'s, so new waiters join it
         self.pending_produce: dict[tuple[str, int, int], tuple[PendingProduce, int]] = {}
         self.pending_fetches: list[PendingFetch] = []
         self.router_backlog: dict[tuple[str, int], deque[tuple[int, int, memoryview]]] = {}
@@ -167,6 +177,7 @@ class Router:
             lane = self.router_lanes.pop(key, None)
             if lane is not None:
                 lane.close()
+            self._drop_waiter(key)
             for _seq, _acks, batch in self.router_backlog.pop(key, ()):
                 self.router_backlog_bytes -= len(batch)
         for key, (control, directory) in listed.items():
@@ -223,7 +234,41 @@ class Router:
             )
             lane = LaneProducer.attach(str(body["lane"]))
             self.router_lanes[(topic, partition)] = lane
+            try:
+                waiter = SocketWaiter(socket_bell_address(str(body["lane"])))
+            except OSError as exc:
+                log.warning("no socket bell for %s-%d (%r): completions come through the futex thread",
+                            topic, partition, exc)  # fmt: skip
+            else:
+                self.lane_waiters[(topic, partition)] = waiter
+                if self.poller is not None:
+                    self.poller.register(waiter.fd, zmq.POLLIN)
         return lane
+
+    def _drop_waiter(self, key: tuple[str, int]) -> None:
+        waiter = self.lane_waiters.pop(key, None)
+        if waiter is not None:
+            if self.poller is not None:
+                self.poller.unregister(waiter.fd)
+            waiter.close()
+
+    def announce_waits(self) -> tuple[list[LaneProducer], bool]:
+        """Before polling: announce the wait on every router lane with a produce outstanding (the
+        worker then rings its socket bell). Returns those lanes (``end_waits`` them after the poll)
+        and whether a completion is there already (then do not sleep)."""
+        keys = {(topic, partition) for topic, partition, _sequence in self.pending_produce}
+        announced, ready = [], False
+        for key in keys:
+            lane = self.router_lanes.get(key)
+            if lane is not None and key in self.lane_waiters:
+                announced.append(lane)
+                ready = lane.announce_wait() or ready
+        return announced, ready
+
+    @staticmethod
+    def end_waits(lanes: list[LaneProducer]) -> None:
+        for lane in lanes:
+            lane.end_wait()
 
     def _on_produce(self, identity: bytes, request: Message) -> list[Any] | None:
         topic = check_topic_name(field_of(request.body, "topic", str))
@@ -290,7 +335,7 @@ class Router:
                 pending.outstanding -= 1
                 if pending.outstanding == 0:
                     reply = protocol.encode_reply(pending.request, {"results": pending.results})
-                    socket.send_multipart([pending.identity, *reply], copy=False)
+                    send_frames(socket, [pending.identity, *reply])
 
     # -- remote fetch ------------------------------------------------------------------------------------
     def _on_fetch(self, identity: bytes, request: Message) -> list[Any] | None:
@@ -368,14 +413,15 @@ class Router:
             if reply is None:
                 still.append(pending)
             else:
-                socket.send_multipart([pending.identity, *reply], copy=False)
+                send_frames(socket, [pending.identity, *reply], copy=len(reply) <= 2)
         self.pending_fetches = still
 
     # -- waiting ------------------------------------------------------------------------------------------
     def watch_words(self) -> list[tuple[int, int]]:
         """``(address, counter)`` of the event counter of every partition something here waits for
         (a completion, lane room, data for a parked fetch); load it before looking (ring/futex_fd.py)."""
-        keys = {(topic, partition) for topic, partition, _sequence in self.pending_produce}
+        # Completions of lanes with a socket bell wake the poll directly; the rest come through here.
+        keys = {(t, p) for t, p, _sequence in self.pending_produce if (t, p) not in self.lane_waiters}
         keys.update(key for key, backlog in self.router_backlog.items() if backlog)
         for pending in self.pending_fetches:
             keys.update(pending.partitions)
@@ -392,11 +438,13 @@ class Router:
         return words
 
     def poll_timeout_ms(self, now: float) -> int:
-        """Until the earliest parked fetch is due (its empty answer), at most POLL_MS."""
+        """Until the earliest parked fetch is due (its empty answer), at most POLL_MS; at most
+        COMPLETION_WAIT_MS while a produce waits for its completion."""
+        longest = COMPLETION_WAIT_MS if self.pending_produce else POLL_MS
         if not self.pending_fetches:
-            return POLL_MS
+            return longest
         due_s = min(pending.deadline for pending in self.pending_fetches) - now
-        return max(0, min(POLL_MS, int(due_s * 1000) + 1))
+        return max(0, min(longest, int(due_s * 1000) + 1))
 
     # -- status and shutdown -----------------------------------------------------------------------------
     def write_status(self) -> None:
@@ -415,6 +463,8 @@ class Router:
             part.close()
         for lane in self.router_lanes.values():
             lane.close()
+        for waiter in self.lane_waiters.values():
+            waiter.close()
         self.upstream.close(0)
         self.rpc.close(0)
 
@@ -456,6 +506,9 @@ def run(spec: RouterSpec) -> None:
         poller.register(socket, zmq.POLLIN)
         poller.register(router.upstream, zmq.POLLIN)
         poller.register(waker.fd, zmq.POLLIN)
+        router.poller = poller
+        for waiter in router.lane_waiters.values():
+            poller.register(waiter.fd, zmq.POLLIN)
         next_tick = 0.0
         while not stopping:
             # Loaded before the look below, so a worker turn after it wakes the poll at once.
@@ -466,21 +519,26 @@ def run(spec: RouterSpec) -> None:
                 router.expire_fetches(socket)
             if words:
                 waker.watch(words)
-            events = dict(poller.poll(router.poll_timeout_ms(time.monotonic())))
+            announced, ready = router.announce_waits()
+            events = dict(poller.poll(0 if ready else router.poll_timeout_ms(time.monotonic())))
+            router.end_waits(announced)
             if waker.fd in events:
                 waker.drain()
+            if len(events) > 1 or (events and socket not in events and router.upstream not in events):
+                for waiter in router.lane_waiters.values():
+                    if waiter.fd in events:
+                        waiter.drain()
             if socket in events:
                 for _ in range(256):
-                    try:
-                        frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
+                    frames = recv_frames(socket)
+                    if frames is None:
                         break
                     if len(frames) < 2:
                         router.counters["malformed"] += 1
                         continue
                     reply = router.handle(frames[0].bytes, [f.buffer for f in frames[1:]])
-                    if reply is not None:
-                        socket.send_multipart([frames[0], *reply], copy=False)
+                    if reply is not None:  # data frames (a fetch's log bytes) go without a copy
+                        send_frames(socket, [frames[0], *reply], copy=len(reply) <= 2)
             if router.upstream in events:
                 for _ in range(256):  # the supervisor's replies: [client identity, header, body, ...]
                     try:

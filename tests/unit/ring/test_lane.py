@@ -181,3 +181,74 @@ def test_producer_rings_a_sleeping_worker() -> None:
     sleeper.join(5)
     assert woke == [True]
     assert [bytes(batch) for _, _, batch in worker.drain(100)] == [b"wake up"]
+
+
+def test_socket_bell_wakes_a_poll_once_per_announced_wait() -> None:
+    """The router's lanes: the worker's completion rings a datagram socket the producer polls.
+
+    No ring while the producer has not announced a wait; one per announced wait (episode), however
+    many completions the worker posts meanwhile; a wait announced with completions already there
+    says so, so the caller does not sleep on them.
+    """
+    import select
+
+    from shmbroker.ring.block import new_name
+    from shmbroker.ring.doorbell import SocketBell, SocketWaiter, socket_bell_address
+
+    address = socket_bell_address(new_name())
+    waiter = SocketWaiter(address)
+    bell = SocketBell(address)
+    try:
+        region = new_lane()
+        producer = LaneProducer(region[:])
+        worker = LaneWorker(region[:], completion_bell=bell)
+        poller = select.poll()
+        poller.register(waiter.fd, select.POLLIN)
+
+        assert producer.try_send(b"a", sequence=1, acks=1)
+        worker.drain(100)
+        worker.release()
+        worker.complete(1, 0)  # nobody announced a wait: no datagram
+        assert poller.poll(0) == []
+        assert [c.sequence for c in producer.poll_completions()] == [1]
+
+        assert producer.try_send(b"b", sequence=2, acks=1)
+        assert producer.try_send(b"c", sequence=3, acks=1)
+        assert not producer.announce_wait()  # nothing completed yet: the caller may sleep
+        worker.drain(100)
+        worker.release()
+        worker.complete(2, 1)
+        worker.complete(3, 2)  # same episode: no second ring
+        assert poller.poll(5000), "the completion did not ring the socket bell"
+        assert waiter.drain() == 1
+        producer.end_wait()
+        assert [c.sequence for c in producer.poll_completions()] == [2, 3]
+
+        assert producer.try_send(b"d", sequence=4, acks=1)
+        worker.drain(100)
+        worker.release()
+        worker.complete(4, 3)
+        assert producer.announce_wait()  # already there: do not sleep
+        producer.end_wait()
+    finally:
+        bell.close()
+        waiter.close()
+
+
+def test_socket_bell_names_are_exclusive_and_ringing_nobody_is_harmless() -> None:
+    from shmbroker.ring.block import new_name
+    from shmbroker.ring.doorbell import SocketBell, SocketWaiter, socket_bell_address
+
+    address = socket_bell_address(new_name())
+    bell = SocketBell(address)
+    bell.ring()  # nobody bound: no error (the waiter's bounded poll covers it)
+    waiter = SocketWaiter(address)
+    try:
+        with pytest.raises(OSError):
+            SocketWaiter(address)  # taken: the router then watches that lane through its futex thread
+        for _ in range(1000):
+            bell.ring()  # a full socket queue is a wake already pending, not an error
+        assert waiter.drain() >= 1
+    finally:
+        waiter.close()
+        bell.close()
