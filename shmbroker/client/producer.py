@@ -66,7 +66,7 @@ class _Partition:
     count: int = 0  # records in the open batch
     size_bytes: int = 0  # its estimated size
     callbacks: list[Any] | None = None
-    fast: bool = False  # the open batch takes plain values only: produce() may skip _produce
+    fast: bool = False  # the open batch has no builder (plain values): produce() may skip _produce
     opened_s: float = 0.0
     backlog: deque[_Sealed] = field(default_factory=deque)  # sealed, not yet taken by the transport
     in_flight: dict[int, _Sealed] = field(default_factory=dict)  # sequence -> batch
@@ -108,12 +108,12 @@ class Producer:
     ) -> None:
         """Queue one record. BufferError when ``queue.buffering.max.messages`` records are undelivered."""
         # The fast path: a plain bytes value to an explicit partition whose open batch has room.
-        # It is most of what a high-rate producer does, so it touches as little as possible.
+        # It is most of what a high-rate producer does, so it touches as little as possible; a
+        # delivery callback (what a latency-minded producer passes with every record) is only one
+        # more append.
         if (
             key is None
             and headers is None
-            and on_delivery is None
-            and callback is None
             and not timestamp
             and value.__class__ is bytes
             and self._undelivered < self._max_queued
@@ -123,6 +123,12 @@ class Producer:
             if part is not None and part.fast and part.count:
                 size = len(value)
                 if part.size_bytes + size + 64 <= part.limit_bytes:
+                    cb = on_delivery or callback or self._config.on_delivery
+                    if part.callbacks is not None:
+                        part.callbacks.append(None if cb is None else (cb, None, value, 0, None))
+                    elif cb is not None:
+                        part.callbacks = [None] * part.count
+                        part.callbacks.append((cb, None, value, 0, None))
                     part.values.append(value)
                     part.size_bytes += size + 8
                     part.count += 1
@@ -179,7 +185,7 @@ class Producer:
         elif part.callbacks is not None:
             part.callbacks.append(None)
         self._undelivered += 1
-        part.fast = part.builder is None and part.callbacks is None
+        part.fast = part.builder is None
         if part.count >= self._config.batch_num_messages or part.size_bytes >= part.limit_bytes:
             self._seal(part)
             self._send_backlog(part)
