@@ -103,6 +103,8 @@ DOORBELL_NAME_OFFSET = CACHE_LINE
 SEQ_OFFSET = 2 * CACHE_LINE
 SEQ = struct.Struct("<Q")
 SNAPSHOT = struct.Struct("<IIi4xqqqQQ7Q")  # one code per ControlSnapshot field, in order
+_TIME_INDEX = ControlSnapshot._fields.index("update_time_ns")
+_NEW = tuple.__new__  # a NamedTuple from a tuple of its fields in order, without _make's checks
 SNAPSHOT_OFFSET = SEQ_OFFSET + SEQ.size
 SLEEPING_OFFSET = 4 * CACHE_LINE  # its own cache line: producers poll it on every notify
 ISR_OFFSET = 5 * CACHE_LINE  # isr_seq, isr_followers, isr_min_leo as native u64/i64 items
@@ -190,7 +192,11 @@ class ControlWriter:
 
     def publish(self, snapshot: ControlSnapshot) -> None:
         """Store ``snapshot`` (stamped with the current time) under the seqlock."""
-        snapshot = snapshot._replace(update_time_ns=time.time_ns())
+        # Not _replace: at one publish per worker turn its keyword machinery (1.7 us) showed.
+        now_ns = time.time_ns()
+        self._store(_NEW(ControlSnapshot, (*snapshot[:_TIME_INDEX], now_ns, *snapshot[_TIME_INDEX + 1 :])))
+
+    def _store(self, snapshot: ControlSnapshot) -> None:
         cell, seq = self._seq_cell, self._seq
         cell[0] = seq + 1  # odd: update in progress
         SNAPSHOT.pack_into(self._buf, SNAPSHOT_OFFSET, *snapshot)
@@ -216,13 +222,27 @@ class ControlWriter:
     ) -> None:
         """After one drain's append: new offsets and counters, published together."""
         c = self.current
-        self.publish(
-            c._replace(
-                log_end_offset=log_end_offset,
-                high_watermark=high_watermark,
-                batches_in=c.batches_in + batches,
-                records_in=c.records_in + records,
-                bytes_in=c.bytes_in + n_bytes,
+        # The worker's hottest publish, built in one go (two _replace calls cost ~3.8 us, this 0.6).
+        self._store(
+            _NEW(
+                ControlSnapshot,
+                (
+                    c.state,
+                    c.worker_pid,
+                    c.leader_epoch,
+                    c.log_start_offset,
+                    log_end_offset,
+                    high_watermark,
+                    c.segment_generation,
+                    time.time_ns(),
+                    c.batches_in + batches,
+                    c.records_in + records,
+                    c.bytes_in + n_bytes,
+                    c.errors_corrupt,
+                    c.errors_too_large,
+                    c.errors_storage,
+                    c.errors_other,
+                ),
             )
         )
 
