@@ -64,3 +64,32 @@ def test_time_index_appends_only_growing_timestamps(tmp_path: Path) -> None:
     assert index.lookup_before(251) == 10
     index.close()
     assert (tmp_path / "a.timeindex").read_bytes()[12:] == struct.pack(">qI", 250, 10)
+
+
+@pytest.mark.parametrize("per_persist", [1, 3, 4, 5, 64])
+def test_persist_writes_kafkas_bytes_whether_few_or_many_entries_wait(
+    tmp_path: Path, per_persist: int
+) -> None:
+    """A few new entries are packed with struct, many with numpy: the file is the same either way."""
+    import numpy as np
+
+    index = OffsetIndex(tmp_path / "a.index", max_entries=10_000)
+    times = TimeIndex(tmp_path / "a.timeindex", max_entries=10_000)
+    rel = [3 * i + 1 for i in range(200)]
+    pos = [4096 * i + 7 for i in range(200)]
+    stamps = [1_700_000_000_000 + 5 * i for i in range(200)]
+    for i in range(200):
+        index.append(rel[i], pos[i])
+        times.maybe_append(stamps[i], rel[i])
+        if (i + 1) % per_persist == 0:
+            index.persist()
+            times.persist()
+    index.close()
+    times.close()
+    want = np.empty(200, dtype=INDEX_ENTRY)
+    want["relative_offset"], want["position"] = rel, pos
+    assert (tmp_path / "a.index").read_bytes() == want.tobytes()
+    want_t = np.empty(200, dtype=TIMEINDEX_ENTRY)
+    want_t["timestamp_ms"], want_t["relative_offset"] = stamps, rel
+    assert (tmp_path / "a.timeindex").read_bytes() == want_t.tobytes()
+    assert (tmp_path / "a.index").read_bytes()[:8] == struct.pack(">II", 1, 7)
