@@ -4,6 +4,7 @@ encode_values_into), the worker's checks of what it stored, at 64 KiB and around
 from __future__ import annotations
 
 import os
+import random
 import time
 import warnings
 from pathlib import Path
@@ -168,3 +169,65 @@ def test_refused_in_place_batches_are_rebuilt_for_each_retry_and_never_stored(br
     after = produce_all(broker, "isr", values[:3], acks=1)  # the lane still works
     assert [e for e, _m in after] == [None] * 3
     assert read_values(broker, "isr", 3) == values[:3]
+
+
+def test_frames_changed_after_commit_are_refused_or_stored_whole(broker: BrokerProcess) -> None:
+    """A hostile producer keeps writing into frames it committed (the worker writes the log straight
+    from the lane): every stored batch is whole and CRC-sound, every acked one is stored as acked,
+    every refused one is absent, and the broker keeps serving."""
+    from shmbroker.client.config import CommonConfig
+    from shmbroker.client.transport import TransportFactory
+
+    create(broker, "hostile")
+    factory = TransportFactory(CommonConfig(broker.address, "shm", 5000))
+    transport = factory.open("hostile", 0)
+    lane = transport._lane  # this test is the producer, and a hostile one: it needs the frame itself
+    rng = random.Random(3)
+    outcomes: dict[int, tuple[int, int]] = {}  # sequence -> (base_offset, error_code)
+    n_batches = 300
+    deadline = time.monotonic() + 60
+    for sequence in range(n_batches):
+        values = [rng.randbytes(16384) for _ in range(4)]
+        size = records.plain_batch_bytes(values)
+        while (frame := lane.try_claim(size, acks=1)) is None:
+            assert time.monotonic() < deadline
+            outcomes.update((c.sequence, (c.base_offset, c.error_code)) for c in lane.wait_completions(0.01))
+        records.encode_values_into(
+            frame, values, timestamp_ms=1, producer_id=transport.producer_id, base_sequence=sequence
+        )
+        kept = frame[:]  # a second view of the frame, alive after the commit releases the first
+        if sequence % 5 == 1:
+            kept[-1] ^= 0xFF  # corrupt before the commit: always refused
+        lane.commit(sequence=sequence, acks=1)
+        mode = sequence % 5
+        if mode == 2:
+            kept[rng.randrange(records.CRC_START, size)] ^= 0xFF  # changed right after the commit
+        elif mode == 3:
+            for _ in range(2000):  # changes racing the worker's write (and its read-back)
+                kept[size // 2] ^= 0xFF
+        elif mode == 4:
+            kept[57:61] = (999).to_bytes(4, "big")  # records_count, an uncovered-looking header field
+        kept.release()
+    while len(outcomes) < n_batches:
+        assert time.monotonic() < deadline, f"{n_batches - len(outcomes)} batches unanswered"
+        outcomes.update((c.sequence, (c.base_offset, c.error_code)) for c in lane.wait_completions(0.1))
+    factory.close()
+    acked = {s: offset for s, (offset, code) in outcomes.items() if code == 0}
+    refused = {s for s, (_offset, code) in outcomes.items() if code != 0}
+    assert {code for _o, code in outcomes.values()} <= {0, KafkaError.CORRUPT_MESSAGE}
+    assert {s for s in range(n_batches) if s % 5 == 1} <= refused
+    assert {s for s in range(n_batches) if s % 5 == 0} <= set(acked)
+    stored: dict[int, int] = {}  # base_sequence -> base_offset, every batch a recovery scan keeps
+    next_offset = 0
+    for path in sorted((broker.data_dir / "hostile-0").glob("*.log")):
+        data = path.read_bytes()
+        end, valid = records.scan_valid_prefix(data)
+        assert data[end:].count(0) == len(data) - end, "bytes past the sound prefix that are not zero"
+        for _position, header in valid:
+            assert header.base_offset == next_offset and header.producer_id == transport.producer_id
+            stored[header.base_sequence] = header.base_offset
+            next_offset = header.next_offset
+    assert stored == acked
+    delivered = produce_all(broker, "hostile", [b"after"])  # still serving
+    assert [e for e, _m in delivered] == [None]
+    assert read_values(broker, "hostile", next_offset + 1)[-1] == b"after"
