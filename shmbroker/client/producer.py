@@ -364,7 +364,7 @@ class Producer:
             )
             sealed = _Sealed(batch, part.count, part.callbacks, None, part.opened_s, sequence)
             sealed.size_bytes = len(batch)
-        elif self._in_place(part, part.values):
+        elif self._in_place(part, part.values, part.size_bytes - 8 * part.count):  # produce() adds len + 8
             sealed = self._deferred(
                 part.values, int(time.time() * 1000), part.callbacks, None, part.opened_s, sequence
             )
@@ -385,16 +385,18 @@ class Producer:
         if part.topic in self._sticky:  # move keyless records on after each batch
             self._sticky[part.topic] = random.randrange(self._partition_count(part.topic))
 
-    def _in_place(self, part: _Partition, values: Sequence[Any] | np.ndarray) -> bool:
-        """Whether this batch of plain values is built in the lane's frame at send time."""
-        return (
-            self._codec == records.Codec.NONE
-            and getattr(part.transport, "builds_in_place", False)
-            and not isinstance(values, np.ndarray)
-            and values.__class__ is list
-            and None not in values
-            and sum(map(len, values)) >= IN_PLACE_MIN_VALUE_BYTES * len(values)
-        )
+    def _in_place(
+        self, part: _Partition, values: Sequence[Any] | np.ndarray, value_bytes: int | None = None
+    ) -> bool:
+        """Whether this batch of plain values is built in the lane's frame at send time.
+        ``value_bytes``: their total size when the caller knows it (then they are bytes, none None)."""
+        if self._codec != records.Codec.NONE or not getattr(part.transport, "builds_in_place", False):
+            return False
+        if value_bytes is None:
+            if values.__class__ is not list or None in values:
+                return False
+            value_bytes = sum(map(len, values))
+        return value_bytes >= IN_PLACE_MIN_VALUE_BYTES * len(values)
 
     def _deferred(
         self,
