@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -34,6 +34,10 @@ from shmbroker.client.types import TIMESTAMP_CREATE_TIME, KafkaError, KafkaExcep
 # REQUEST_TIMED_OUT, NETWORK_EXCEPTION, NOT_ENOUGH_REPLICAS(_AFTER_APPEND), KAFKA_STORAGE_ERROR, _TRANSPORT
 RETRY_CODES = frozenset({7, 13, 19, 20, 56, -195})
 NATURAL_BATCHING_IN_FLIGHT = 2
+# Plain uncompressed values at least this big on average are encoded straight into the lane's frame
+# when the batch is sent (records.encode_values_into): no batch-sized bytearray, one copy less. Below
+# it the per-record Python of the in-place encoder costs more than the join and the copy it saves.
+IN_PLACE_MIN_VALUE_BYTES = 4096
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 BatchCallback = Callable[[KafkaError | None, str, int, int, int], None]
 
@@ -45,14 +49,22 @@ def _stamps(producer_id: int, sequence: int) -> tuple[int, int]:
 
 @dataclass
 class _Sealed:
-    """A built batch waiting for the transport, then for its completion."""
+    """A sealed batch waiting for the transport, then for its completion.
 
-    batch: bytearray
+    Either ``batch`` holds its bytes, or (``batch`` None) ``values`` holds its plain records, to be
+    encoded at ``timestamp_ms`` into the frame the lane gives it (``LaneTransport.try_send_values``),
+    again on a retry: the frame is the broker's once committed, the values stay the caller's.
+    """
+
+    batch: bytearray | None
     count: int
     callbacks: list[Any] | None  # per record: (callback, key, value, timestamp_ms, headers) or None
     batch_callback: BatchCallback | None = None
     created_s: float = 0.0
     sequence: int = 0
+    values: Sequence[bytes] | None = None
+    timestamp_ms: int = 0
+    size_bytes: int = 0  # the batch's size, built or not: what _queued_bytes counts
 
 
 @dataclass
@@ -249,17 +261,21 @@ class Producer:
             chunk = values[start : start + per_batch]
             chunk_keys = keys[start : start + per_batch] if keys is not None else None
             sequence = part.transport.reserve()
-            producer_id, base_sequence = _stamps(part.transport.producer_id, sequence)
-            batch = records.encode_values(
-                chunk,
-                keys=chunk_keys,
-                timestamp_ms=ts,
-                codec=self._codec,
-                producer_id=producer_id,
-                base_sequence=base_sequence,
-            )
-            part.backlog.append(_Sealed(batch, len(chunk), None, on_delivery, now, sequence))
-            self._queued_bytes += len(batch)
+            if chunk_keys is None and self._in_place(part, chunk):
+                sealed = self._deferred(cast("Sequence[bytes]", chunk), ts, None, on_delivery, now, sequence)
+            else:
+                producer_id, base_sequence = _stamps(part.transport.producer_id, sequence)
+                batch = records.encode_values(
+                    chunk,
+                    keys=chunk_keys,
+                    timestamp_ms=ts,
+                    codec=self._codec,
+                    producer_id=producer_id,
+                    base_sequence=base_sequence,
+                )
+                sealed = _Sealed(batch, len(chunk), None, on_delivery, now, sequence, size_bytes=len(batch))
+            part.backlog.append(sealed)
+            self._queued_bytes += sealed.size_bytes
             self._undelivered += len(chunk)
         self._send_backlog(part)
         return n
@@ -352,6 +368,12 @@ class Producer:
             batch = part.builder.build(
                 codec=self._codec, producer_id=producer_id, base_sequence=base_sequence
             )
+            sealed = _Sealed(batch, part.count, part.callbacks, None, part.opened_s, sequence)
+            sealed.size_bytes = len(batch)
+        elif self._in_place(part, part.values, part.size_bytes - 8 * part.count):  # produce() adds len + 8
+            sealed = self._deferred(
+                part.values, int(time.time() * 1000), part.callbacks, None, part.opened_s, sequence
+            )
         else:
             batch = records.encode_values(
                 part.values,
@@ -360,19 +382,63 @@ class Producer:
                 producer_id=producer_id,
                 base_sequence=base_sequence,
             )
-        part.backlog.append(_Sealed(batch, part.count, part.callbacks, None, part.opened_s, sequence))
-        self._queued_bytes += len(batch)
+            sealed = _Sealed(batch, part.count, part.callbacks, None, part.opened_s, sequence)
+            sealed.size_bytes = len(batch)
+        part.backlog.append(sealed)
+        self._queued_bytes += sealed.size_bytes
         part.builder, part.callbacks, part.values, part.count, part.size_bytes = None, None, [], 0, 0
         part.fast = False
         if part.topic in self._sticky:  # move keyless records on after each batch
             self._sticky[part.topic] = random.randrange(self._partition_count(part.topic))
 
+    def _in_place(
+        self, part: _Partition, values: Sequence[Any] | np.ndarray, value_bytes: int | None = None
+    ) -> bool:
+        """Whether this batch of plain values is built in the lane's frame at send time.
+        ``value_bytes``: their total size when the caller knows it (then they are bytes, none None)."""
+        if self._codec != records.Codec.NONE or not getattr(part.transport, "builds_in_place", False):
+            return False
+        if value_bytes is None:
+            if values.__class__ is not list or None in values:
+                return False
+            value_bytes = sum(map(len, values))
+        return value_bytes >= IN_PLACE_MIN_VALUE_BYTES * len(values)
+
+    def _deferred(
+        self,
+        values: Sequence[bytes],
+        timestamp_ms: int,
+        callbacks: list[Any] | None,
+        batch_callback: BatchCallback | None,
+        created_s: float,
+        sequence: int,
+    ) -> _Sealed:
+        return _Sealed(
+            None, len(values), callbacks, batch_callback, created_s, sequence,
+            values, timestamp_ms, records.plain_batch_bytes(values),
+        )  # fmt: skip
+
     def _send_backlog(self, part: _Partition) -> None:
         if part.retry_at and time.monotonic() < part.retry_at:
             return  # a refusing broker is not asked again in a hot loop
+        acks = self._config.acks
         while part.backlog:
             sealed = part.backlog[0]
-            if not part.transport.try_send(sealed.batch, sealed.sequence, acks=self._config.acks):
+            if sealed.batch is None:
+                assert sealed.values is not None
+                producer_id, base_sequence = _stamps(part.transport.producer_id, sealed.sequence)
+                sent = part.transport.try_send_values(
+                    sealed.values,
+                    timestamp_ms=sealed.timestamp_ms,
+                    batch_bytes=sealed.size_bytes,
+                    sequence=sealed.sequence,
+                    producer_id=producer_id,
+                    base_sequence=base_sequence,
+                    acks=acks,
+                )
+            else:
+                sent = part.transport.try_send(sealed.batch, sealed.sequence, acks=acks)
+            if not sent:
                 return  # full: keep the order, try again on the next poll
             part.backlog.popleft()
             if self._config.acks == 0:  # nobody answers acks=0: delivered once handed over (offset unknown)
@@ -431,7 +497,7 @@ class Producer:
 
     def _deliver(self, part: _Partition, sealed: _Sealed, base_offset: int, error: KafkaError | None) -> int:
         self._undelivered -= sealed.count
-        self._queued_bytes -= len(sealed.batch)
+        self._queued_bytes -= sealed.size_bytes
         if sealed.batch_callback is not None:
             sealed.batch_callback(error, part.topic, part.partition, base_offset, sealed.count)
         if sealed.callbacks is None:

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from shmbroker import records
 from shmbroker.client.config import CommonConfig
 from shmbroker.client.connection import Connection
 from shmbroker.client.types import KafkaError, KafkaException
@@ -68,6 +70,34 @@ class LaneTransport:
         # The worker checks the batch's base_sequence against the frame's sequence and deduplicates
         # by (producer_id, base_sequence) after a restart.
         return bool(self._lane.try_send(batch, sequence=sequence, acks=acks))
+
+    builds_in_place = True  # try_send_values encodes plain values straight into a lane frame
+
+    def try_send_values(
+        self,
+        values: Sequence[bytes],
+        *,
+        timestamp_ms: int,
+        batch_bytes: int,
+        sequence: int,
+        producer_id: int,
+        base_sequence: int,
+        acks: int,
+    ) -> bool:
+        """Build the batch of plain ``values`` (``batch_bytes`` long: records.plain_batch_bytes) in a
+        lane frame and commit it; False (nothing sent) when the lane is full, as ``try_send``."""
+        frame = self._lane.try_claim(batch_bytes, acks=acks)
+        if frame is None:
+            return False
+        try:
+            records.encode_values_into(
+                frame, values, timestamp_ms=timestamp_ms, producer_id=producer_id, base_sequence=base_sequence
+            )
+        except BaseException:
+            self._lane.cancel_claim()
+            raise
+        self._lane.commit(sequence=sequence, acks=acks)
+        return True
 
     def poll_completions(self) -> list[tuple[int, int, KafkaError | None]]:
         done = self._early + self._lane.poll_completions() if self._early else self._lane.poll_completions()

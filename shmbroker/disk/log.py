@@ -39,7 +39,7 @@ from shmbroker.disk.files import (
     write_atomic,
 )
 from shmbroker.disk.segment import Segment
-from shmbroker.errors import ClosedError, CorruptRecordError, OffsetOutOfRangeError
+from shmbroker.errors import BrokerError, ClosedError, CorruptRecordError, OffsetOutOfRangeError
 from shmbroker.records import BatchHeader
 
 # Recovery must not cut batches that were legal when written: max.message.bytes may have been
@@ -225,7 +225,64 @@ class Log:
             headers.append(records.check_batch(view, max_batch_bytes=max_bytes))
         if leader_epoch > self.epochs.latest_epoch:
             self.epochs.assign(leader_epoch, self.log_end_offset)
-        return self._append_checked(views, headers, leader_epoch=leader_epoch, now_ms=now_ms, stamp=True)
+        return self._append_checked(views, headers, leader_epoch=leader_epoch, now_ms=now_ms, stamp=True)[0]
+
+    def append_shared(
+        self,
+        batches: Sequence[memoryview],
+        headers: Sequence[BatchHeader],
+        *,
+        leader_epoch: int = -1,
+        now_ms: int,
+    ) -> tuple[list[AppendInfo], BrokerError | None]:
+        """Append batches straight from memory another process may still write to (a producer's lane),
+        without a private copy: ``headers[i]`` is ``batches[i]``'s header as the caller parsed and
+        checked it (producer id, sequence).
+
+        Each header is checked (length, magic, size) before anything is written; the bytes go to the
+        file from the views, stamped there, and are then read back (``Segment.append_verified``): a
+        stored batch that differs from its checked header or fails its CRC is cut. So what a consumer
+        or a recovery sees is exactly what passed the checks, whatever the writer did meanwhile.
+        Returns the infos of the batches appended, always a prefix of ``batches``, and the error of the
+        first one not appended (None when all were); the batches after it are not appended either.
+        With LogAppendTime the CRC is recomputed over the batch, so there each is copied and checked
+        whole first (``append_many``'s path).
+        """
+        if self._closed:
+            raise ClosedError(f"log {self.directory} is closed")
+        max_bytes = self.config.max_message_bytes
+        views: list[memoryview] = []
+        checked: list[BatchHeader] = []
+        error: BrokerError | None = None
+        for i, (batch, header) in enumerate(zip(batches, headers, strict=True)):
+            if batch.readonly:
+                raise TypeError(f"batch {i} is read-only; the log stamps offsets in place")
+            try:
+                view = batch
+                if self._log_append_time:  # set_log_append_time re-CRCs: it must see settled bytes
+                    view = memoryview(bytearray(batch))
+                    found = records.check_batch(view, max_batch_bytes=max_bytes)
+                    if found != header:
+                        raise CorruptRecordError(f"batch changed after its checks: {found}, checked {header}")
+                records.check_header(header, max_batch_bytes=max_bytes)
+                if header.size_bytes != len(view):
+                    raise CorruptRecordError(
+                        f"batch_length says {header.size_bytes} bytes, buffer holds {len(view)}"
+                    )
+            except BrokerError as exc:
+                error = exc
+                break
+            views.append(view)
+            checked.append(header)
+        if not views:
+            return [], error
+        if leader_epoch > self.epochs.latest_epoch:
+            self.epochs.assign(leader_epoch, self.log_end_offset)
+        infos, stored_error = self._append_checked(
+            views, checked, leader_epoch=leader_epoch, now_ms=now_ms, stamp=True,
+            verify=not self._log_append_time,
+        )  # fmt: skip
+        return infos, stored_error or error
 
     def append_as_follower(self, batches: Sequence[memoryview], *, now_ms: int) -> list[BatchHeader]:
         """Append a leader's batches as they are: its offsets and epochs, nothing stamped.
@@ -261,14 +318,18 @@ class Log:
         leader_epoch: int,
         now_ms: int,
         stamp: bool,
-    ) -> list[AppendInfo]:
+        verify: bool = False,
+    ) -> tuple[list[AppendInfo], CorruptRecordError | None]:
+        """Stamp (if asked) and write checked batches, a pwritev per segment; with ``verify``, read each
+        segment's share back (Segment.append_verified) and stop at the first bad stored batch: the
+        infos are then a prefix, and the error says why the next batch was cut."""
         segment_bytes = self.config.segment_bytes
         infos: list[AppendInfo] = []
         group_views: list[memoryview] = []
         group_headers: list[BatchHeader] = []
         append_time = now_ms if self._log_append_time and stamp else -1
         offset = self.log_end_offset
-        messages = group_bytes = 0
+        group_bytes = 0
         for view, header in zip(views, headers, strict=True):
             if stamp:
                 records.stamp(view, base_offset=offset, leader_epoch=leader_epoch)
@@ -279,7 +340,10 @@ class Log:
             active = self._segments[-1]
             pending = group_bytes + header.size_bytes
             if group_headers and not active.can_take(pending, header.last_offset, segment_bytes, alone=False):
-                infos.extend(self._write(group_views, group_headers, append_time, now_ms))
+                written, error = self._write(group_views, group_headers, append_time, now_ms, verify)
+                infos.extend(written)
+                if error is not None:
+                    return self._appended(infos, error, now_ms)
                 group_views, group_headers, group_bytes = [], [], 0
                 self.roll(now_ms)
             elif not group_headers and self._should_roll(header, now_ms):
@@ -288,11 +352,16 @@ class Log:
             group_headers.append(header)
             group_bytes += header.size_bytes
             offset = header.next_offset
-            messages += header.records_count
-        infos.extend(self._write(group_views, group_headers, append_time, now_ms))
-        self._unflushed_messages += messages
+        written, error = self._write(group_views, group_headers, append_time, now_ms, verify)
+        infos.extend(written)
+        return self._appended(infos, error, now_ms)
+
+    def _appended(
+        self, infos: list[AppendInfo], error: CorruptRecordError | None, now_ms: int
+    ) -> tuple[list[AppendInfo], CorruptRecordError | None]:
+        self._unflushed_messages += sum(info.records_count for info in infos)
         self.maybe_flush(now_ms)
-        return infos
+        return infos, error
 
     def _should_roll(self, header: BatchHeader, now_ms: int) -> bool:
         """Before the first batch of a write: is the active segment old, full or out of offsets?"""
@@ -305,16 +374,20 @@ class Log:
         return not active.can_take(header.size_bytes, header.last_offset, segment_bytes, alone=True)
 
     def _write(
-        self, views: list[memoryview], headers: list[BatchHeader], append_time: int, now_ms: int
-    ) -> list[AppendInfo]:
+        self, views: list[memoryview], headers: list[BatchHeader], append_time: int, now_ms: int, verify: bool
+    ) -> tuple[list[AppendInfo], CorruptRecordError | None]:
         active = self._segments[-1]
-        positions = active.append(views, headers)
-        if self._active_since_ms is None:
+        error = None
+        if verify:
+            positions, error = active.append_verified(views, headers)
+        else:
+            positions = active.append(views, headers)
+        if self._active_since_ms is None and positions:
             self._active_since_ms = now_ms
         return [
             AppendInfo(h.base_offset, h.last_offset, p, append_time, h.records_count)
-            for p, h in zip(positions, headers, strict=True)
-        ]
+            for p, h in zip(positions, headers, strict=False)
+        ], error
 
     def roll(self, now_ms: int) -> None:
         """Seal the active segment and start a new one at log_end_offset (no-op if it is empty)."""

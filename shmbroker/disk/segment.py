@@ -13,11 +13,19 @@ and ``trim()`` cut the file back to ``size_bytes``; after a crash recovery cuts 
 Nothing reads past ``size_bytes`` here, and other processes read only below the high watermark.
 Writes are ``pwritev`` at ``size_bytes``, so a failed or partial write is simply overwritten by
 the next one.
+
+``append_verified`` writes batches that live in memory another process can still change (a
+producer's shm lane) and then checks what the page cache holds: each stored batch must carry exactly
+the header its caller checked and stamped, and a CRC that matches its bytes. The first one that does
+not is cut, with everything after it (zeroed, so no stale batch lies past ``size_bytes``); the batches
+before it stay appended. Reading back through a short-lived mmap costs a CRC pass over pages still in
+cache, instead of a private copy of every batch before its check.
 Reads batch headers only, never inside batches. One partition worker owns it; not thread-safe.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,7 +37,15 @@ from shmbroker.disk.files import INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX, seg
 from shmbroker.disk.index import OffsetIndex
 from shmbroker.disk.timeindex import TimeIndex
 from shmbroker.errors import CorruptRecordError, KafkaStorageError
-from shmbroker.records import HEADER_BYTES, MIN_BATCH_LENGTH, BatchHeader, parse_batch_header
+from shmbroker.records import (
+    BATCH_HEADER,
+    CRC_START,
+    HEADER_BYTES,
+    MIN_BATCH_LENGTH,
+    BatchHeader,
+    crc32c,
+    parse_batch_header,
+)
 
 WALK_CHUNK_BYTES = 8192  # one pread covers the headers of a few small batches
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
@@ -48,6 +64,9 @@ PREALLOCATE_WITH = "fallocate"
 # active segment, given back at the roll or a close. perf/bench_disk.py has the numbers (it sets
 # this to 0, which turns the reserve off, for the comparison).
 RESERVE_AHEAD_BYTES = 32 << 20
+# append_verified reads a write back with one pread up to this size (a latency-bound turn of small
+# batches: no mmap + munmap per turn), through a short-lived mmap beyond it (no copy of big writes).
+VERIFY_BY_PREAD_BYTES = 64 << 10
 
 
 def pwritev_all(fd: int, views: Sequence[memoryview], position: int) -> None:
@@ -200,6 +219,25 @@ class Segment:
 
     def append(self, views: Sequence[memoryview], headers: Sequence[BatchHeader]) -> list[int]:
         """Write whole, checked, stamped batches starting at next_offset; return their positions."""
+        start = self._write(views, headers)
+        return self._commit(start, headers)
+
+    def append_verified(
+        self, views: Sequence[memoryview], headers: Sequence[BatchHeader]
+    ) -> tuple[list[int], CorruptRecordError | None]:
+        """As ``append`` for batches someone else may still be writing to: ``headers`` are what the
+        caller checked and stamped. Returns the positions of the batches appended, a prefix of them,
+        and the error of the first whose stored bytes failed the check (None if none did)."""
+        start = self._write(views, headers)
+        bad = self._first_bad_stored(start, headers)
+        if bad is None:
+            return self._commit(start, headers), None
+        index, error = bad
+        positions = self._commit(start, headers[:index]) if index else []
+        self._zero(self.size_bytes, start + sum(h.size_bytes for h in headers))
+        return positions, error
+
+    def _write(self, views: Sequence[memoryview], headers: Sequence[BatchHeader]) -> int:
         start = self.size_bytes
         end = start + sum(header.size_bytes for header in headers)
         if end > self.file_bytes and self._reserve_limit_bytes and RESERVE_AHEAD_BYTES:
@@ -208,6 +246,61 @@ class Segment:
             pwritev_all(self._fd, views, start)
         except OSError as exc:  # ENOSPC, EIO: nothing counts as written; the next pwritev overwrites
             raise KafkaStorageError(f"write to {self.path} at {start} failed: {exc}") from exc
+        self.file_bytes = max(self.file_bytes, end)
+        return start
+
+    def _first_bad_stored(
+        self, start: int, headers: Sequence[BatchHeader]
+    ) -> tuple[int, CorruptRecordError] | None:
+        """The first batch written at ``start`` whose stored header is not ``headers[i]`` or whose
+        stored CRC does not match its stored bytes, with the reason; None when every one is sound."""
+        end = start + sum(header.size_bytes for header in headers)
+        if end == start:
+            return None
+        if end - start <= VERIFY_BY_PREAD_BYTES:
+            return self._first_bad_in(memoryview(os.pread(self._fd, end - start, start)), start, 0, headers)
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        with (
+            mmap.mmap(self._fd, end - base, prot=mmap.PROT_READ, offset=base) as mapped,
+            memoryview(mapped) as view,
+        ):
+            return self._first_bad_in(view, base, start - base, headers)
+
+    def _first_bad_in(
+        self, view: memoryview, base: int, position: int, headers: Sequence[BatchHeader]
+    ) -> tuple[int, CorruptRecordError] | None:
+        """``_first_bad_stored`` over ``view``, file bytes from ``base``; the batches from ``position``."""
+        for index, expected in enumerate(headers):
+            with view[position : position + expected.size_bytes] as stored:
+                if len(stored) != expected.size_bytes:
+                    return index, CorruptRecordError(
+                        f"read back {len(stored)} of {expected.size_bytes} bytes"
+                    )
+                found = BatchHeader._make(BATCH_HEADER.unpack_from(stored))
+                if found != expected:
+                    return index, CorruptRecordError(
+                        f"batch at {self.path.name}:{base + position} changed after its checks: "
+                        f"stored header {found}, checked {expected}"
+                    )
+                crc = crc32c(stored[CRC_START:])
+                if crc != expected.crc:
+                    return index, CorruptRecordError(
+                        f"batch CRC-32C is {crc:#010x}, header says {expected.crc:#010x}"
+                    )
+            position += expected.size_bytes
+        return None
+
+    def _zero(self, start: int, end: int) -> None:
+        """Overwrite [start, end) with zeros: a cut batch leaves nothing a recovery scan could take."""
+        zeros = bytes(min(end - start, 1 << 20))
+        try:
+            while start < end:
+                start += os.pwrite(self._fd, zeros[: end - start], start)
+        except OSError as exc:
+            raise KafkaStorageError(f"zeroing {self.path} at {start} failed: {exc}") from exc
+
+    def _commit(self, start: int, headers: Sequence[BatchHeader]) -> list[int]:
+        """Index batches written at ``start`` and move the logical end past them."""
         positions = []
         position = start
         for header in headers:
@@ -215,8 +308,8 @@ class Segment:
             self._index_batch(position, header)
             position += header.size_bytes
         self.size_bytes = position
-        self.file_bytes = max(self.file_bytes, position)
-        self.next_offset = headers[-1].next_offset
+        if headers:
+            self.next_offset = headers[-1].next_offset
         self.index.persist()
         self.timeindex.persist()
         return positions

@@ -224,6 +224,27 @@ class LaneProducer:
             self._worker_wake.notify()
         return True
 
+    def try_claim(self, batch_bytes: int, *, acks: int) -> memoryview | None:
+        """Room for one batch of ``batch_bytes`` to build in place (ring.py), or None when full, as
+        ``try_send``. Fill the view, then ``commit``; a producer killed before that sent nothing."""
+        if acks not in ACKS_TO_FLAGS:
+            raise ValueError(f"acks must be 0, 1 or -1 (all), got {acks}")
+        if acks and self.in_flight >= self.max_in_flight:
+            return None
+        return self._requests.try_claim(batch_bytes)
+
+    def commit(self, *, sequence: int, acks: int, notify: bool = True) -> None:
+        """Send the batch built in the view ``try_claim`` returned (which is released here)."""
+        self._requests.commit(_BATCH, flags=ACKS_TO_FLAGS[acks], tag=sequence)
+        if acks:
+            self.in_flight += 1
+        if notify and self._worker_wake is not None:
+            self._worker_wake.notify()
+
+    def cancel_claim(self) -> None:
+        """Give up an uncommitted claim (the worker never saw it)."""
+        self._requests.cancel_claim()
+
     def notify(self) -> bool:
         """Ring the worker if it announced it sleeps. True if it rang."""
         return self._worker_wake is not None and self._worker_wake.notify()

@@ -6,6 +6,12 @@ a frame does not fit before the end of the data area, a PAD frame fills the tail
 wrap and every payload is one contiguous ``memoryview``. The largest frame is half the capacity, which
 guarantees any legal frame fits once the consumer has caught up.
 
+A frame can also be built in place: ``try_claim(n)`` reserves room for an ``n``-byte payload and hands
+out a view of it, the caller fills it, and ``commit(...)`` writes the frame header and stores the write
+position. Until that store nothing of the claim is visible, so a producer killed while filling costs
+only that frame, as with ``try_write``. One claim at a time; ``try_write``, a new claim or ``close``
+cancel an uncommitted one (and release its view).
+
 The consumer (``RingReader``) takes every committed frame at once with ``peek(max_bytes)`` (payloads
 are views straight into the ring: no copy, writable so a worker can stamp offsets in place) and gives
 the space back with one store of the read position in ``release()``. The ring never opens shared
@@ -67,10 +73,15 @@ class RingWriter:
         # The consumer's cursor as last seen. Reloading it only when the ring looks full keeps the
         # producer off the consumer's cache line on the fast path (the Disruptor's cached gating sequence).
         self._read_seen = read
+        # An uncommitted try_claim: payload view, frame's data offset, payload size, write position after it.
+        self._claimed: memoryview | None = None
+        self._claim_start = self._claim_bytes = self._claim_end = 0
 
     def try_write(self, frame_type: int, payload: Buffer, *, flags: int = 0, tag: int = 0) -> bool:
         """Append one frame and commit it. False, having written nothing, if the ring lacks room."""
         # len() is the byte count for any payload the slice assignment below accepts ('B' views).
+        if self._claimed is not None:
+            self.cancel_claim()
         n = len(payload)
         if n > self.max_payload_bytes:  # a caller bug, not backpressure: this frame would never fit
             raise ValueError(f"payload of {n} bytes; this ring takes at most {self.max_payload_bytes}")
@@ -92,6 +103,50 @@ class RingWriter:
         self._cursors[WRITE_INDEX] = self._write
         return True
 
+    def try_claim(self, payload_bytes: int) -> memoryview | None:
+        """Reserve a frame for ``payload_bytes`` and return its payload to fill in place; None if the
+        ring lacks room. Nothing is visible to the reader until ``commit``."""
+        if self._claimed is not None:
+            self.cancel_claim()
+        n = payload_bytes
+        if not 0 <= n <= self.max_payload_bytes:
+            raise ValueError(f"payload of {n} bytes; this ring takes at most {self.max_payload_bytes}")
+        write = self._write
+        step = (_HEADER + n + _ALIGN_MASK) & ~_ALIGN_MASK
+        tail_room = self._capacity - (write & self._mask)
+        pad = tail_room if step > tail_room else 0
+        if write + pad + step - self._read_seen > self._capacity and not self._has_room(pad + step):
+            return None
+        if pad:  # written now, published only by the commit: a cancelled claim leaves a harmless PAD
+            FRAME_HEADER.pack_into(self._buf, DATA_OFFSET + (write & self._mask), pad, _PAD, 0, 0)
+            write += pad
+        start = DATA_OFFSET + (write & self._mask)
+        self._claim_start, self._claim_bytes, self._claim_end = start, n, write + step
+        self._claimed = self._buf[start + _HEADER : start + _HEADER + n]
+        return self._claimed
+
+    def commit(self, frame_type: int, *, flags: int = 0, tag: int = 0) -> None:
+        """Publish the claimed frame (header, then the write position). Releases the claim's view."""
+        claimed = self._claimed
+        if claimed is None:
+            raise ValueError("commit without a claim")
+        self._claimed = None
+        claimed.release()  # BufferError if the caller still exports it: a bug, and nothing committed
+        start, n = self._claim_start, self._claim_bytes
+        FRAME_HEADER.pack_into(self._buf, start, _HEADER + n, frame_type, flags, tag)
+        self._write = self._claim_end
+        # The commit: as in try_write, one aligned 8-byte store after every store of the frame.
+        self._cursors[WRITE_INDEX] = self._write
+
+    def cancel_claim(self) -> None:
+        """Forget an uncommitted claim (nothing was visible; its space is free for the next frame)."""
+        claimed, self._claimed = self._claimed, None
+        if claimed is not None:
+            try:
+                claimed.release()
+            except BufferError:
+                pass  # still exported by the caller; a stale view, never committed
+
     def _has_room(self, n_bytes: int) -> bool:
         read: int = self._cursors[READ_INDEX]
         check_positions(self._write, read, self._capacity, FRAME_ALIGNMENT)
@@ -111,6 +166,7 @@ class RingWriter:
 
     def close(self) -> None:
         """Drop this end's view of the region (the block's owner unmaps it)."""
+        self.cancel_claim()
         self._cursors.release()
         self._buf.release()
 

@@ -6,11 +6,14 @@ with one vectored write, and posts each batch's base offset or a Kafka error cod
 lane's completion queue. It publishes log start, log end and high watermark in the partition's
 control block, where local consumers read them without asking.
 
-The batches are copied out of shared memory before they are checked, so a producer that scribbles
-on a frame after committing it cannot slip bytes past the CRC check (check-then-use on memory
-someone else can write). With no follower in sync the high watermark is the log end: os.write
-puts a batch in the page cache, which survives the death of any process (acks=1). acks=all with
-the leader as the only in-sync replica fsyncs before it completes (DESIGN invariant 1).
+The batches are written to the log straight from shared memory (no private copy) and what the page
+cache then holds is checked (``Log.append_shared``): a producer that scribbles on a frame after
+committing it cannot slip bytes past the checks (check-then-use on memory someone else can write),
+because the stored batch must carry the header the worker checked and a CRC matching its stored
+bytes, or it is cut before anyone can read it or hear it acked. With no follower in sync the high
+watermark is the log end: os.write puts a batch in the page cache, which survives the death of any
+process (acks=1). acks=all with the leader as the only in-sync replica fsyncs before it completes
+(DESIGN invariant 1).
 
 Replication (workers/replicator.py) reaches the worker only through the in-sync cells of the
 control block: followers in sync and their smallest log end. The high watermark is the smallest
@@ -36,7 +39,7 @@ from collections import OrderedDict, deque
 from multiprocessing.connection import Connection
 
 from shmbroker import records
-from shmbroker.disk.log import Log
+from shmbroker.disk.log import AppendInfo, Log
 from shmbroker.errors import (
     BrokerError,
     CorruptRecordError,
@@ -54,7 +57,7 @@ from shmbroker.workers.specs import WorkerSpec
 log = logging.getLogger(__name__)
 
 ACKS_ALL = -1
-DRAIN_BYTES = 16 << 20  # per lane per turn: bounds one turn's latency and private memory
+DRAIN_BYTES = 16 << 20  # per lane per turn: bounds one turn's latency
 DEDUP_WINDOW = 4096  # recent (producer_id, sequence) pairs remembered for a worker restart
 SPIN_TURNS = 2  # empty turns before sleeping: spinning on 2 shared cores steals the producer's CPU
 SLEEP_S = 0.002  # longest sleep while busy: bounds the cost of a lost wakeup (ring/doorbell.py explains)
@@ -127,7 +130,6 @@ class PartitionWorker:
         self.control = control
         self.log = Log.open(spec.directory, spec.log_config)
         self.lanes: dict[str, _Lane] = {}
-        self._scratch = bytearray(0)  # private copies of drained batches (turn_lane)
         # (producer_id, base_sequence) -> base_offset of batches already appended: a worker that
         # died between its append and releasing the lane re-reads those frames after a restart.
         self.recent: OrderedDict[tuple[int, int], int] = OrderedDict()
@@ -243,23 +245,8 @@ class PartitionWorker:
         requests = lane.worker.drain(DRAIN_BYTES)
         if not requests:
             return 0
-        # One private copy of everything drained (memcpy, ~20 GB/s): what we check is what we write,
-        # whatever the producer does to its ring meanwhile.
-        total = sum(len(batch) for _sequence, _acks, batch in requests)
-        if len(self._scratch) < total:
-            # Grown, never shrunk, reused every turn: a fresh 16 MiB bytearray per turn cost more in
-            # page faults than the copy itself (py-spy: 39% of the worker at 64-KiB records).
-            self._scratch = bytearray(max(total, 2 * len(self._scratch), 1 << 20))
-        private = self._scratch
-        views: list[memoryview] = []
-        jobs: list[tuple[int, int]] = []
-        position = 0
-        for sequence, acks, batch in requests:
-            n = len(batch)
-            private[position : position + n] = batch
-            views.append(memoryview(private)[position : position + n])
-            jobs.append((sequence, acks))
-            position += n
+        jobs = [(sequence, acks) for sequence, acks, _batch in requests]
+        views = [batch for _sequence, _acks, batch in requests]
         del requests
         self._append(lane, jobs, views)
         # Release only now: a worker killed before this line leaves the frames in the lane, and its
@@ -298,6 +285,7 @@ class PartitionWorker:
         first: dict[tuple[int, int], int] = {}  # dedup key -> index of its first copy in this turn
         repeats: list[tuple[int, int]] = []  # (index, index of the first copy): a retry that caught up
         needs: dict[int, int] = {}  # job index -> high watermark its acks=all completion waits for
+        headers: dict[int, records.BatchHeader] = {}  # todo index -> the header its checks read
         for i, ((sequence, acks), view) in enumerate(zip(jobs, views, strict=True)):
             try:
                 header = self._check_owner(lane, view, sequence)
@@ -322,24 +310,26 @@ class PartitionWorker:
             if key is not None:
                 first[key] = i
                 keys[i] = key
+            headers[i] = header
             todo.append(i)
         appended = 0
         if todo:
-            try:
-                infos = self.log.append_many(
-                    [views[i] for i in todo], leader_epoch=self.spec.leader_epoch, now_ms=now_ms
+            pairs: list[tuple[int, AppendInfo]] = []
+            rest = todo
+            while rest:  # each round appends a prefix and refuses the batch after it, if any
+                infos, error = self.log.append_shared(
+                    [views[i] for i in rest],
+                    [headers[i] for i in rest],
+                    leader_epoch=self.spec.leader_epoch,
+                    now_ms=now_ms,
                 )
-                pairs = list(zip(todo, infos, strict=True))
-            except BrokerError:
-                pairs = []  # one bad batch refuses the group: append one by one to refuse only it
-                for i in todo:
-                    try:
-                        pairs.append(
-                            (i, self.log.append(views[i], leader_epoch=self.spec.leader_epoch, now_ms=now_ms))
-                        )
-                    except BrokerError as exc:
-                        self.control.count_error(_error_kind(exc))
-                        done[i] = Completion(jobs[i][0], -1, -1, 0, exc.kafka_code)
+                pairs += zip(rest, infos, strict=False)
+                if error is None:
+                    break
+                bad = rest[len(infos)]
+                self.control.count_error(_error_kind(error))
+                done[bad] = Completion(jobs[bad][0], -1, -1, 0, error.kafka_code)
+                rest = rest[len(infos) + 1 :]
             for i, info in pairs:
                 sequence = jobs[i][0]
                 done[i] = Completion(

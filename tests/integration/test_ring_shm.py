@@ -74,6 +74,26 @@ def produce(lane_name: str, n_frames: int, seed: int, acks: int, first_sequence:
     return [sequence - first_sequence, len(completions), ok]
 
 
+def produce_in_place(lane_name: str, n_frames: int, seed: int, first_sequence: int) -> list[Any]:
+    """As ``produce`` with acks=0, but each frame is claimed and filled in place 64 bytes at a time
+    (a wide window for a SIGKILL to land mid-fill), then committed."""
+    rng, pool = random.Random(seed), random.Random(seed).randbytes(1 << 16)
+    producer = LaneProducer.attach(lane_name)
+    max_bytes = min(producer.max_batch_bytes, 4000)
+    sequence, deadline = first_sequence, time.monotonic() + 60
+    while (n_frames == 0 or sequence < first_sequence + n_frames) and time.monotonic() < deadline:
+        payload = make_payload(rng, pool, max_bytes)
+        while (frame := producer.try_claim(len(payload), acks=0)) is None:
+            producer.notify()
+        for start in range(0, len(payload), 64):
+            frame[start : start + 64] = payload[start : start + 64]
+        producer.commit(sequence=sequence, acks=0, notify=False)
+        sequence += 1
+    producer.notify()
+    producer.close()
+    return [sequence - first_sequence]
+
+
 def work(lane_name: str, n_frames: int) -> list[int]:
     """Drain n_frames, checking sequence order and CRC; complete each with base_offset = 2 * sequence."""
     worker = LaneWorker.attach(lane_name)
@@ -238,6 +258,39 @@ def test_producer_killed_mid_write_leaves_the_worker_able_to_continue(broker: An
         assert time.monotonic() < deadline
         drain_checked()
     finish(second)
+    worker.close()
+
+
+def test_producer_killed_mid_fill_of_an_in_place_frame_leaves_nothing_torn(broker: Any) -> None:
+    lane_name, *_ = broker(capacity_bytes=1 << 16)
+    worker = LaneWorker.attach(lane_name)
+    producer = start(produce_in_place, lane_name, 0, 21, 0)  # forever
+    expected, deadline = 0, time.monotonic() + 30
+
+    def drain_checked() -> int:
+        nonlocal expected
+        requests = worker.drain(1 << 20)
+        for sequence, _, batch in requests:
+            assert sequence == expected, f"frame {sequence} where {expected} was due"
+            assert check_payload(batch), f"frame {expected} torn"
+            expected += 1
+        worker.release()
+        return len(requests)
+
+    while expected < 5_000:
+        assert time.monotonic() < deadline
+        drain_checked()
+    os.kill(producer.pid, signal.SIGKILL)  # most likely between a claim and its commit
+    producer.communicate(timeout=10)
+    while drain_checked():
+        pass  # what was committed before the kill, whole, and nothing of the frame being filled
+    assert worker.drain(1 << 20) == []
+    killed_at = expected
+    second = start(produce_in_place, lane_name, 1000, 22, killed_at)  # the claim's room is free again
+    while expected < killed_at + 1000:
+        assert time.monotonic() < deadline
+        drain_checked()
+    assert finish(second) == [1000]
     worker.close()
 
 

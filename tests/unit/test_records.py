@@ -632,3 +632,48 @@ def test_compression_bombs_stop_at_the_limit(codec: Codec, make: Callable[[], by
     assert elapsed_s < 1.0
     # The bytes copied out of the batch plus at most limit + one decompressor chunk.
     assert peak_bytes < len(batch) + 4 * MB
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.one_of(
+        st.lists(st.binary(max_size=300), min_size=1, max_size=80),  # mixed sizes
+        st.integers(0, 70_000).flatmap(lambda n: st.lists(st.just(b"v" * n), min_size=1, max_size=20)),
+    ),
+    timestamp_ms=st.integers(-(2**40), 2**42),
+    producer=st.tuples(st.integers(-1, 2**40), st.integers(-1, 2**15 - 1), st.integers(-1, 2**31 - 1)),
+)
+def test_encode_values_into_writes_the_bytes_encode_values_builds(
+    values: list[bytes], timestamp_ms: int, producer: tuple[int, int, int]
+) -> None:
+    producer_id, producer_epoch, base_sequence = producer
+    stamps = {"producer_id": producer_id, "producer_epoch": producer_epoch, "base_sequence": base_sequence}
+    expected = records.encode_values(values, timestamp_ms=timestamp_ms, **stamps)
+    assert records.plain_batch_bytes(values) == len(expected)
+    out = bytearray(b"\xee" * len(expected))  # garbage first: every byte must be written
+    records.encode_values_into(memoryview(out), values, timestamp_ms=timestamp_ms, **stamps)
+    assert out == expected
+    assert [r.value for r in decode_both(out)] == values
+
+
+@pytest.mark.parametrize("count", [1, 63, 64, 65, 8192, 8193, 20_000])
+def test_encode_values_into_at_varint_width_edges(count: int) -> None:
+    values = [b"%08d" % index for index in range(count)]  # same size: the prefix table path
+    expected = records.encode_values(values, timestamp_ms=5)
+    out = bytearray(records.plain_batch_bytes(values))
+    records.encode_values_into(memoryview(out), values, timestamp_ms=5)
+    assert out == expected
+
+
+def test_encode_values_into_refuses_a_wrong_size_buffer_and_empty_batches() -> None:
+    values = [b"a" * 10, b"b" * 20]
+    size = records.plain_batch_bytes(values)
+    for wrong in (size - 1, size + 1):
+        out = bytearray(b"\xee" * wrong)
+        with pytest.raises(ValueError, match=f"takes {size} bytes"):
+            records.encode_values_into(memoryview(out), values, timestamp_ms=0)
+        assert out == b"\xee" * wrong  # refused before writing
+    with pytest.raises(ValueError, match="at least one record"):
+        records.encode_values_into(memoryview(bytearray(100)), [], timestamp_ms=0)
+    with pytest.raises(ValueError, match="at least one record"):
+        records.plain_batch_bytes([])

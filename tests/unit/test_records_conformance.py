@@ -184,3 +184,21 @@ def test_golden_batches(case: dict[str, Any]) -> None:
     if case["codec"] == Codec.NONE:
         producer = {k: case[k] for k in ("producer_id", "producer_epoch", "base_sequence")}
         assert bytes(ours(items, partition_leader_epoch=0, **producer)) == golden
+
+
+@pytest.mark.parametrize("value_bytes", [0, 1, 4096, 65536, 200_000])
+def test_kafka_python_reads_batches_built_in_place(value_bytes: int) -> None:
+    """What the producer builds straight into a lane frame (records.encode_values_into)."""
+    values = [bytes([index]) * value_bytes for index in range(5)] + [b"short"]
+    out = bytearray(records.plain_batch_bytes(values))
+    records.encode_values_into(
+        memoryview(out), values, timestamp_ms=1_700_000_000_000, producer_id=3, base_sequence=11
+    )
+    reader = DefaultRecordBatch(bytes(out))
+    assert (reader.producer_id, reader.base_sequence) == (3, 11)
+    assert [value for _, _, _, value, _ in read_theirs(out)] == values
+    same = [b"x" * value_bytes] * 4
+    expected = theirs([(7, None, value, []) for value in same])
+    out = bytearray(records.plain_batch_bytes(same))
+    records.encode_values_into(memoryview(out), same, timestamp_ms=7, partition_leader_epoch=0)
+    assert bytes(out) == expected

@@ -244,7 +244,7 @@ def test_socket_bell_names_are_exclusive_and_ringing_nobody_is_harmless() -> Non
     bell.ring()  # nobody bound: no error (the waiter's bounded poll covers it)
     waiter = SocketWaiter(address)
     try:
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="in use"):
             SocketWaiter(address)  # taken: the router then watches that lane through its futex thread
         for _ in range(1000):
             bell.ring()  # a full socket queue is a wake already pending, not an error
@@ -252,3 +252,22 @@ def test_socket_bell_names_are_exclusive_and_ringing_nobody_is_harmless() -> Non
     finally:
         waiter.close()
         bell.close()
+
+
+def test_a_batch_built_in_place_goes_in_like_a_sent_one() -> None:
+    region = new_lane(completion_entries=2)
+    producer, worker = LaneProducer(region[:]), LaneWorker(region[:])
+    for sequence in range(2):
+        frame = producer.try_claim(5, acks=1)
+        assert frame is not None
+        frame[:] = b"built"
+        assert producer.unread_bytes() == 32 * sequence  # nothing of it shows before the commit
+        producer.commit(sequence=sequence, acks=1)
+    assert producer.in_flight == 2
+    assert producer.try_claim(5, acks=1) is None  # the in-flight limit holds for claims too
+    assert producer.try_claim(5, acks=0) is not None
+    producer.cancel_claim()
+    assert [(s, a, bytes(b)) for s, a, b in worker.drain(1 << 20)] == [(0, 1, b"built"), (1, 1, b"built")]
+    worker.release()
+    with pytest.raises(ValueError, match="acks"):
+        producer.try_claim(5, acks=2)

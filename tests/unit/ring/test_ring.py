@@ -308,3 +308,132 @@ def test_random_operations_match_a_deque_model(seed: int) -> None:
     reader.peek(1 << 30)
     reader.release()
     assert writer.unread_bytes() == 0
+
+
+# --- frames built in place: try_claim / commit ---
+
+
+def test_claimed_frame_is_invisible_until_commit(region: memoryview) -> None:
+    writer, reader = ends(region)
+    view = writer.try_claim(10)
+    assert view is not None and len(view) == 10 and not view.readonly
+    view[:] = b"0123456789"
+    assert reader.peek(4096) == [] and reader.committed_bytes() == 0
+    writer.commit(FrameType.BATCH, flags=1, tag=99)
+    assert [(t, f, tag, bytes(p)) for t, f, tag, p in reader.peek(4096)] == [
+        (FrameType.BATCH, 1, 99, b"0123456789")
+    ]
+    with pytest.raises(ValueError, match="released"):
+        view[0] = 1  # the claim's view dies with the commit: no writing into a published frame
+
+
+def test_claims_and_writes_interleave_like_writes(region: memoryview) -> None:
+    writer, reader = ends(region)
+    assert writer.try_write(FrameType.BATCH, b"first")
+    claimed = writer.try_claim(3)
+    assert claimed is not None
+    claimed[:] = b"two"
+    writer.commit(FrameType.BATCH, tag=2)
+    assert writer.try_write(FrameType.BATCH, b"third")
+    assert payloads(reader) == [b"first", b"two", b"third"]
+
+
+def test_cancelled_claim_leaves_nothing_and_frees_its_room(region: memoryview) -> None:
+    writer, reader = ends(region)
+    view = writer.try_claim(writer.max_payload_bytes)
+    assert view is not None
+    view[:4] = b"torn"
+    writer.cancel_claim()
+    assert reader.committed_bytes() == 0
+    with pytest.raises(ValueError, match="released"):
+        view[0] = 1
+    with pytest.raises(ValueError, match="without a claim"):
+        writer.commit(FrameType.BATCH)
+    assert writer.try_write(FrameType.BATCH, b"after")  # the cancelled claim's room is free again
+    assert payloads(reader) == [b"after"]
+
+
+def test_a_write_or_a_new_claim_cancels_an_open_claim(region: memoryview) -> None:
+    writer, reader = ends(region)
+    stale = writer.try_claim(8)
+    assert stale is not None
+    assert writer.try_write(FrameType.BATCH, b"written")
+    with pytest.raises(ValueError, match="released"):
+        stale[0] = 1
+    again = writer.try_claim(8)
+    assert again is not None
+    newer = writer.try_claim(2)
+    assert newer is not None
+    newer[:] = b"ok"
+    writer.commit(FrameType.BATCH)
+    assert payloads(reader) == [b"written", b"ok"]
+
+
+def test_claim_on_a_full_ring_returns_none_and_writes_nothing() -> None:
+    region = new_region(256)
+    writer, reader = ends(region)
+    while writer.try_write(FrameType.BATCH, bytes(40)):
+        pass
+    before = bytes(region)
+    assert writer.try_claim(40) is None
+    assert bytes(region) == before
+    reader.peek(1 << 20)
+    reader.release()
+    assert writer.try_claim(40) is not None
+
+
+def test_claim_limits_are_caller_errors(region: memoryview) -> None:
+    writer, _reader = ends(region)
+    with pytest.raises(ValueError, match="at most"):
+        writer.try_claim(writer.max_payload_bytes + 1)
+    with pytest.raises(ValueError, match="at most"):
+        writer.try_claim(-1)
+    assert writer.try_claim(writer.max_payload_bytes) is not None
+    assert writer.try_claim(0) is not None
+
+
+def test_claim_at_the_tail_pads_so_the_frame_never_wraps() -> None:
+    region = new_region(512)
+    writer, reader = ends(region)
+    for _ in range(3):
+        assert writer.try_write(FrameType.BATCH, bytes(100))  # 3 x 128 bytes: 128 left before the end
+    reader.peek(1 << 20)
+    reader.release()
+    view = writer.try_claim(120)  # 144 > 128: PAD the tail, the frame starts at slot 0
+    assert view is not None
+    view[:] = bytes(range(120))
+    writer.commit(FrameType.BATCH, tag=5)
+    ((frame_type, _flags, tag, payload),) = reader.peek(1 << 20)
+    assert (frame_type, tag, bytes(payload)) == (FrameType.BATCH, 5, bytes(range(120)))
+    assert reader.statistics().used_bytes == 128 + 144
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7, 99])
+def test_random_claims_and_writes_match_a_deque_model(seed: int) -> None:
+    """try_write, claim+commit and claim+cancel mixed at random, against a deque of committed payloads."""
+    rng = random.Random(seed)
+    capacity = rng.choice([256, 1024, 4096])
+    writer, reader = ends(new_region(capacity))
+    committed: deque[bytes] = deque()
+    for step in range(5000):
+        op = rng.random()
+        payload = rng.randbytes(rng.randint(0, writer.max_payload_bytes))
+        if op < 0.3:
+            if writer.try_write(FrameType.BATCH, payload, tag=step):
+                committed.append(payload)
+        elif op < 0.6:
+            view = writer.try_claim(len(payload))
+            if view is not None:
+                view[:] = payload
+                if rng.random() < 0.8:
+                    writer.commit(FrameType.BATCH, tag=step)
+                    committed.append(payload)
+                else:
+                    writer.cancel_claim()
+        elif op < 0.85:
+            for _, _, _, view in reader.peek(rng.randint(1, capacity)):
+                assert bytes(view) == committed.popleft(), f"seed {seed} step {step}"
+        else:
+            reader.release()
+        assert 0 <= writer.statistics().used_bytes <= capacity
+    assert [bytes(v) for _, _, _, v in reader.peek(1 << 30)] == list(committed)
