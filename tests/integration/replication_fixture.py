@@ -62,6 +62,7 @@ class ReplicatedPair:
                 f'"replica.socket.timeout.ms" = {SOCKET_TIMEOUT_MS}\n' + extra
             )
         self.brokers: dict[str, BrokerProcess] = {}
+        self.killed: set[str] = set()
 
     def address(self, name: str) -> str:
         return f"ipc://{self.root}/{name}.sock"
@@ -82,6 +83,7 @@ class ReplicatedPair:
         import signal
 
         self.brokers.pop(name).stop(signal.SIGKILL)
+        self.killed.add(name)
 
     def admin(self, name: str) -> AdminClient:
         return AdminClient({"bootstrap.servers": self.address(name), "request.timeout.ms": 10000})
@@ -107,3 +109,14 @@ class ReplicatedPair:
         for broker in self.brokers.values():
             broker.stop()
         self.brokers.clear()
+        # A SIGKILLed broker that was not started again left its shm blocks and semaphores; a broker
+        # starting on that data dir would remove them (its registry), so the test does what it would.
+        from shmbroker.workers.supervisor import REGISTRY_FILE, unlink_name
+
+        for name in self.killed:
+            registry = self.root / f"data-{name}" / REGISTRY_FILE
+            if registry.exists():
+                for block in registry.read_text().split():
+                    unlink_name(block)
+                registry.write_text("")
+        self.killed.clear()
