@@ -410,38 +410,26 @@ _register(
 )
 
 
-def _register_latency(transport: str, rate: int) -> None:
-    name = f"shmbroker-{'local' if transport == 'shm' else 'remote'}-lat{rate // 1000}k"
+def _register_latency(transport: str, rate: int, *, ack: bool) -> None:
+    """End-to-end latency (a consumer's receive time), or with ``ack`` produce latency (the delivery
+    report's time in the producer, what Kafka calls produce or request latency)."""
+    where = "local" if transport == "shm" else "remote"
+    name = f"shmbroker-{where}-{'acklat' if ack else 'lat'}{rate // 1000}k"
 
     def run(size_bytes: int, n_records: int, timeout_s: float) -> Result:
-        return _run(name, size_bytes, n_records, timeout_s, transport=transport, rate=rate)
+        return _run(name, size_bytes, n_records, timeout_s, transport=transport, rate=rate, ack_latency=ack)
 
-    run.__doc__ = (
-        f"Latency at {rate} records/s offered (100 B): produce() each due record with "
-        "linger.ms=0, poll(0); consumer poll(); latency = receive - scheduled send time."
-    )
-    scenario(
-        name,
-        sizes=(100,),
-        kind="latency",
-        peer=False,
-        records={100: int(rate * LAT_SECONDS)},
-        smoke_records={100: int(rate * 0.2)},
-        timeout_s=LAT_TIMEOUT_S,
-    )(run)
-
-
-def _register_ack_latency(transport: str, rate: int) -> None:
-    name = f"shmbroker-{'local' if transport == 'shm' else 'remote'}-acklat{rate // 1000}k"
-
-    def run(size_bytes: int, n_records: int, timeout_s: float) -> Result:
-        return _run(name, size_bytes, n_records, timeout_s, transport=transport, rate=rate, ack_latency=True)
-
-    run.__doc__ = (
-        f"Produce latency at {rate} records/s offered (100 B), what Kafka calls produce or request "
-        "latency: produce() each due record with linger.ms=0 and an on_delivery callback, poll(0); "
-        "latency = delivery report (acks=1: appended) - scheduled send time. No consumer reads."
-    )
+    if ack:
+        run.__doc__ = (
+            f"Produce latency at {rate} records/s offered (100 B), what Kafka calls produce or request "
+            "latency: produce() each due record with linger.ms=0 and an on_delivery callback, poll(0); "
+            "latency = delivery report (acks=1: appended) - scheduled send time. No consumer reads."
+        )
+    else:
+        run.__doc__ = (
+            f"Latency at {rate} records/s offered (100 B): produce() each due record with "
+            "linger.ms=0, poll(0); consumer poll(); latency = receive - scheduled send time."
+        )
     scenario(
         name,
         sizes=(100,),
@@ -455,8 +443,8 @@ def _register_ack_latency(transport: str, rate: int) -> None:
 
 for _transport in ("shm", "zmq"):
     for _rate in LAT_RATES:
-        _register_latency(_transport, _rate)
-        _register_ack_latency(_transport, _rate)
+        _register_latency(_transport, _rate, ack=False)
+        _register_latency(_transport, _rate, ack=True)
 
 
 def _group_run(name: str, mode: str, size: int, n: int, timeout_s: float) -> Result:
