@@ -333,10 +333,7 @@ class Supervisor:
         if self.router is None or self.router.process is None:
             return
         self.router.process.terminate()
-        self.router.process.join(STOP_TIMEOUT_S)
-        if self.router.process.is_alive():
-            self.router.process.kill()
-            self.router.process.join(2)
+        _join_or_kill(self.router.process, "router")
         self.router = None
 
     # -- replication --------------------------------------------------------------------------------
@@ -418,10 +415,7 @@ class Supervisor:
                 self._replication_pipe.send(("stop",))
             except (BrokenPipeError, OSError):
                 pass
-        self.replication.process.join(STOP_TIMEOUT_S)
-        if self.replication.process.is_alive():
-            self.replication.process.kill()
-            self.replication.process.join(2)
+        _join_or_kill(self.replication.process, "replication process")
         self.replication = None
         self._replication_pipe = None
 
@@ -505,13 +499,22 @@ class Supervisor:
             self._stop_slot(slot)
         self.slots.clear()
         if self.coordinator is not None and self.coordinator.process is not None:
-            self.coordinator.process.join(STOP_TIMEOUT_S)
-            if self.coordinator.process.is_alive():
-                self.coordinator.process.kill()
-                self.coordinator.process.join(2)
+            _join_or_kill(self.coordinator.process, "group coordinator")
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         self._registry.write_text("")
         os.close(self._lock_fd)
+
+
+def _join_or_kill(process: Any, what: str) -> None:
+    """Wait up to STOP_TIMEOUT_S for a child told to stop; say how long a slow one took, kill a stuck one."""
+    started = time.monotonic()
+    process.join(STOP_TIMEOUT_S)
+    if process.is_alive():
+        log.error("%s (pid %s) did not stop in %.0f s; killing it", what, process.pid, STOP_TIMEOUT_S)
+        process.kill()
+        process.join(2)
+    elif time.monotonic() - started > 1.0:
+        log.warning("%s (pid %s) took %.1f s to stop", what, process.pid, time.monotonic() - started)
 
 
 def _is_ready(slot: PartitionSlot) -> bool:
