@@ -676,7 +676,11 @@ def plain_batch_bytes(values: Sequence[bytes]) -> int:
     ``encode_values_into`` needs); values are bytes, none of them None."""
     if not values:
         raise ValueError("a batch needs at least one record")
-    return HEADER_BYTES + sum(map(len, _plain_framing(values))) + sum(map(len, values)) + len(_TAIL)
+    return _plain_size(_plain_framing(values), values)
+
+
+def _plain_size(framing: Sequence[bytes], values: Sequence[bytes]) -> int:
+    return HEADER_BYTES + sum(map(len, framing)) + sum(map(len, values)) + len(_TAIL)
 
 
 def encode_values_into(
@@ -703,7 +707,7 @@ def encode_values_into(
         raise ValueError("a batch needs at least one record")
     _check_varint_range(count)
     framing = _plain_framing(values)
-    size = HEADER_BYTES + sum(map(len, framing)) + sum(map(len, values)) + len(_TAIL)
+    size = _plain_size(framing, values)
     if len(out) != size:
         raise ValueError(f"a batch of these {count} values takes {size} bytes; the buffer has {len(out)}")
     position = HEADER_BYTES

@@ -228,10 +228,13 @@ def test_200k_frames_cross_process_in_order_with_crc_and_completions(broker: Any
     assert finish(worker)[:2] == [n_frames, 0], "worker: frames seen, frames out of order or with bad CRC"
 
 
-def test_producer_killed_mid_write_leaves_the_worker_able_to_continue(broker: Any) -> None:
+def _kill_mid_write_then_resume(broker: Any, killed: Any, resumed: Any, warm_frames: int) -> list[Any]:
+    """Run ``killed(lane)`` (a producer that never stops) until ``warm_frames`` frames arrived, SIGKILL
+    it, check that only whole committed frames follow, then run ``resumed(lane, first_sequence)`` for
+    1000 frames; every frame must arrive in sequence and whole. Returns the second producer's report."""
     lane_name, *_ = broker(capacity_bytes=1 << 16)
     worker = LaneWorker.attach(lane_name)
-    producer = start(produce, lane_name, 0, 11, 0, 0)  # acks=0, forever
+    producer = killed(lane_name)
     expected, deadline = 0, time.monotonic() + 30
 
     def drain_checked() -> int:
@@ -244,54 +247,41 @@ def test_producer_killed_mid_write_leaves_the_worker_able_to_continue(broker: An
         worker.release()
         return len(requests)
 
-    while expected < 20_000:
+    while expected < warm_frames:
         assert time.monotonic() < deadline
         drain_checked()
-    os.kill(producer.pid, signal.SIGKILL)  # somewhere in try_send, most likely mid-memcpy
+    os.kill(producer.pid, signal.SIGKILL)  # most likely mid-memcpy, or between a claim and its commit
     producer.communicate(timeout=10)  # reaps it and closes its stdout pipe
     while drain_checked():
-        pass  # everything committed before the kill, and nothing else
+        pass  # everything committed before the kill, whole, and nothing of the frame being written
     assert worker.drain(1 << 20) == []
     killed_at = expected
-    second = start(produce, lane_name, 1000, 12, 0, killed_at)  # a new producer resumes
+    second = resumed(lane_name, killed_at)  # a new producer resumes; the killed one's room is free
     while expected < killed_at + 1000:
         assert time.monotonic() < deadline
         drain_checked()
-    finish(second)
+    report = finish(second)
     worker.close()
+    return report
+
+
+def test_producer_killed_mid_write_leaves_the_worker_able_to_continue(broker: Any) -> None:
+    _kill_mid_write_then_resume(
+        broker,
+        lambda lane: start(produce, lane, 0, 11, 0, 0),  # acks=0, forever
+        lambda lane, first: start(produce, lane, 1000, 12, 0, first),
+        warm_frames=20_000,
+    )
 
 
 def test_producer_killed_mid_fill_of_an_in_place_frame_leaves_nothing_torn(broker: Any) -> None:
-    lane_name, *_ = broker(capacity_bytes=1 << 16)
-    worker = LaneWorker.attach(lane_name)
-    producer = start(produce_in_place, lane_name, 0, 21, 0)  # forever
-    expected, deadline = 0, time.monotonic() + 30
-
-    def drain_checked() -> int:
-        nonlocal expected
-        requests = worker.drain(1 << 20)
-        for sequence, _, batch in requests:
-            assert sequence == expected, f"frame {sequence} where {expected} was due"
-            assert check_payload(batch), f"frame {expected} torn"
-            expected += 1
-        worker.release()
-        return len(requests)
-
-    while expected < 5_000:
-        assert time.monotonic() < deadline
-        drain_checked()
-    os.kill(producer.pid, signal.SIGKILL)  # most likely between a claim and its commit
-    producer.communicate(timeout=10)
-    while drain_checked():
-        pass  # what was committed before the kill, whole, and nothing of the frame being filled
-    assert worker.drain(1 << 20) == []
-    killed_at = expected
-    second = start(produce_in_place, lane_name, 1000, 22, killed_at)  # the claim's room is free again
-    while expected < killed_at + 1000:
-        assert time.monotonic() < deadline
-        drain_checked()
-    assert finish(second) == [1000]
-    worker.close()
+    report = _kill_mid_write_then_resume(
+        broker,
+        lambda lane: start(produce_in_place, lane, 0, 21, 0),  # forever
+        lambda lane, first: start(produce_in_place, lane, 1000, 22, first),
+        warm_frames=5_000,
+    )
+    assert report == [1000]
 
 
 def test_seqlock_readers_never_see_a_torn_pair(broker: Any) -> None:
