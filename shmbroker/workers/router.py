@@ -71,6 +71,7 @@ ROUTER_BACKLOG_BYTES = 256 << 20  # remote batches waiting for room in a router 
 FETCH_MAX_BYTES = 50 << 20
 PARTITION_FETCH_MAX_BYTES = 1 << 20
 RPC_TIMEOUT_S = 10.0
+RPC_SLICE_MS = 50  # a call() waiting for the supervisor looks at ``stopping`` this often
 REFRESH_S = 1.0  # partitions known to the router are re-listed at least this often
 STATUS_INTERVAL_S = 0.5
 SEND_HWM = 10_000  # messages queued per client before a slow reader's replies are dropped
@@ -145,6 +146,9 @@ class Router:
         self.router_backlog: dict[tuple[str, int], deque[tuple[int, int, memoryview]]] = {}
         self.router_backlog_bytes = 0
         self._sequence = 0
+        # Set by SIGTERM: a blocking call() to the supervisor gives up, since the supervisor stops
+        # answering while it waits for this process to exit (it used to cost every stop 10 s).
+        self.stopping = False
 
     # -- calls to the supervisor ---------------------------------------------------------------------
     def call(self, api: ApiKey, body: dict[str, Any]) -> dict[str, Any]:
@@ -152,8 +156,10 @@ class Router:
         self.rpc.send_multipart([b"router", *protocol.encode_request(api, self._rpc_id, body)])
         deadline = time.monotonic() + RPC_TIMEOUT_S
         while time.monotonic() < deadline:
-            if not self.rpc.poll(int((deadline - time.monotonic()) * 1000) + 1):
-                break
+            if self.stopping:
+                raise RequestTimedOutError(f"router stopping: {api.name} to the supervisor abandoned")
+            if not self.rpc.poll(min(RPC_SLICE_MS, int((deadline - time.monotonic()) * 1000) + 1)):
+                continue
             frames = self.rpc.recv_multipart()
             reply = protocol.decode(frames[1:])
             if reply.correlation_id != self._rpc_id:
@@ -472,10 +478,13 @@ class Router:
 def run(spec: RouterSpec) -> None:
     """The router process's body: serve until SIGTERM (or the supervisor's death)."""
     stopping = False
+    router: Router | None = None
 
     def stop(*_: object) -> None:
         nonlocal stopping
         stopping = True
+        if router is not None:
+            router.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     config = spec.config
@@ -557,7 +566,8 @@ def run(spec: RouterSpec) -> None:
                     router.refresh()
                     router.write_status()
                 except (BrokerError, OSError) as exc:
-                    log.warning("router housekeeping: %r", exc)
+                    if not router.stopping:
+                        log.warning("router housekeeping: %r", exc)
     finally:
         waker.close()
         if authenticator is not None:
