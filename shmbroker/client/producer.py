@@ -96,6 +96,7 @@ class Producer:
             self._config.common, idempotent=self._config.enable_idempotence
         )
         self._partitions: dict[tuple[str, int], _Partition] = {}
+        self._last_part: _Partition | None = None  # produce()'s fast path: the partition it last filled
         self._topic_partitions: dict[str, int] = {}
         self._sticky: dict[str, int] = {}
         self._by_key = KeyPartitioner()
@@ -135,8 +136,11 @@ class Producer:
             and self._undelivered < self._max_queued
             and self._queued_bytes < self._max_queued_bytes
         ):
-            part = self._partitions.get((topic, partition))
+            part = self._last_part  # a high-rate producer mostly sends to the partition it just did
+            if part is None or part.partition != partition or part.topic is not topic:
+                part = self._partitions.get((topic, partition))
             if part is not None and part.fast and part.count:
+                self._last_part = part
                 size = len(value)
                 if part.size_bytes + size + 64 <= part.limit_bytes:
                     # (a default on_delivery from the config sends every record to _produce: _max_queued)

@@ -509,6 +509,31 @@ def test_delivery_reports_match_records_when_callbacks_come_and_go_within_a_batc
     producer.close()
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_records_interleaved_over_partitions_and_topics_land_where_they_were_sent(
+    broker: BrokerProcess, transport: str
+) -> None:
+    """produce()'s fast path remembers the partition it last filled: switching partition or topic
+    every few records (and naming a topic with an equal but distinct string) must never put a record
+    in the batch of the partition before."""
+    create(broker, "inter-a", partitions=3)
+    create(broker, "inter-b", partitions=2)
+    producer = Producer(
+        {"bootstrap.servers": broker.address, "shmbroker.transport": transport, "linger.ms": 20}
+    )
+    want: dict[tuple[str, int], list[bytes]] = {}
+    for i in range(900):
+        topic = "inter-a" if (i // 3) % 2 == 0 else "".join(["inter-", "b"])  # not always the same object
+        partition = (i // 5) % (3 if topic == "inter-a" else 2)
+        value = f"{topic}/{partition}/{i}".encode()
+        producer.produce(topic, value, partition=partition)
+        want.setdefault((topic, partition), []).append(value)
+    assert producer.flush(20) == 0
+    producer.close()
+    for (topic, partition), values in want.items():
+        assert [m.value() for m in read_all(broker, topic, [partition], len(values))] == values
+
+
 def test_hostile_lane_cursor_drops_that_lane_only(broker: BrokerProcess) -> None:
     """A producer that writes an impossible write position into its lane loses its lane, nothing else."""
     import struct
