@@ -69,8 +69,11 @@ RESERVE_AHEAD_BYTES = 32 << 20
 VERIFY_BY_PREAD_BYTES = 64 << 10
 
 
-def pwritev_all(fd: int, views: Sequence[memoryview], position: int) -> None:
-    """Write every byte of ``views`` at ``position``, looping over short writes and IOV_MAX."""
+def pwritev_all(fd: int, views: Sequence[memoryview], position: int, total_bytes: int = -1) -> None:
+    """Write every byte of ``views`` (``total_bytes`` if the caller knows it) at ``position``, looping
+    over short writes and IOV_MAX."""
+    if total_bytes >= 0 and len(views) <= IOV_MAX and os.pwritev(fd, views, position) == total_bytes:
+        return  # the usual case, a worker turn's few batches written whole: no bookkeeping
     pending = list(views)
     while pending:
         group = pending[:IOV_MAX]
@@ -243,7 +246,7 @@ class Segment:
         if end > self.file_bytes and self._reserve_limit_bytes and RESERVE_AHEAD_BYTES:
             self._reserve(end)
         try:
-            pwritev_all(self._fd, views, start)
+            pwritev_all(self._fd, views, start, end - start)
         except OSError as exc:  # ENOSPC, EIO: nothing counts as written; the next pwritev overwrites
             raise KafkaStorageError(f"write to {self.path} at {start} failed: {exc}") from exc
         self.file_bytes = max(self.file_bytes, end)
@@ -276,11 +279,11 @@ class Segment:
                     return index, CorruptRecordError(
                         f"read back {len(stored)} of {expected.size_bytes} bytes"
                     )
-                found = BatchHeader._make(BATCH_HEADER.unpack_from(stored))
+                found = BATCH_HEADER.unpack_from(stored)  # a plain tuple compares equal to the namedtuple
                 if found != expected:
                     return index, CorruptRecordError(
                         f"batch at {self.path.name}:{base + position} changed after its checks: "
-                        f"stored header {found}, checked {expected}"
+                        f"stored header {BatchHeader._make(found)}, checked {expected}"
                     )
                 crc = crc32c(stored[CRC_START:])
                 if crc != expected.crc:
