@@ -14,9 +14,9 @@ Little-endian, 448 bytes::
        152    8 log_start_offset                |
        160    8 log_end_offset                  |
        168    8 high_watermark                  |
-       176    8 segment_generation: bumped on    |
-                roll and retention; readers      |
-                re-list segment files on change  |
+       176    8 segment_generation: bumped when  |
+                retention removed segments (not  |
+                on a roll: readers list the dir) |
        184    8 update_time_ns (time.time_ns)    |
        192   56 counters u64: batches_in,        |
                 records_in, bytes_in, errors     |
@@ -251,7 +251,8 @@ class ControlWriter:
         self.publish(self.current._replace(**{field: getattr(self.current, field) + n}))
 
     def bump_segment_generation(self, *, log_start_offset: int) -> None:
-        """After a roll or a retention pass: readers re-list segment files."""
+        """After a retention pass removed segments (a roll does not call this: a LogReader finds a new
+        segment by listing the directory when it reaches the end of the one it reads)."""
         c = self.current
         self.publish(
             c._replace(segment_generation=c.segment_generation + 1, log_start_offset=log_start_offset)
