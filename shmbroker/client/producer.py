@@ -461,17 +461,9 @@ class Producer:
         timeout_s = self._config.message_timeout_ms / 1000
         now = time.monotonic()
         for part in self._partitions.values():
-            # Natural batching: a lingering batch waits while NATURAL_BATCHING_IN_FLIGHT batches of its
-            # partition are unanswered, so a busy broker gets fewer, bigger batches (latency stays
-            # that of one round trip) and an idle one gets each record at once.
-            if (
-                part.count
-                and now - part.opened_s >= linger_s
-                and len(part.in_flight) < NATURAL_BATCHING_IN_FLIGHT
-            ):
-                self._seal(part)
-            if part.backlog:
-                self._send_backlog(part)
+            # Answers first: a batch answered while the caller slept frees its in-flight slot for
+            # the lingering batch below in this same call (sealing first left a record produced after
+            # a pause unsent until the next poll(): a whole pause of latency).
             if part.in_flight:
                 retry: list[_Sealed] = []
                 for sequence, base_offset, error in part.transport.poll_completions():
@@ -489,6 +481,17 @@ class Producer:
                 if retry:
                     part.backlog.extendleft(reversed(retry))  # ahead of newer batches, in their order
                     part.retry_at = now + self._config.retry_backoff_ms / 1000
+            # Natural batching: a lingering batch waits while NATURAL_BATCHING_IN_FLIGHT batches of its
+            # partition are unanswered, so a busy broker gets fewer, bigger batches (latency stays
+            # that of one round trip) and an idle one gets each record at once.
+            if (
+                part.count
+                and now - part.opened_s >= linger_s
+                and len(part.in_flight) < NATURAL_BATCHING_IN_FLIGHT
+            ):
+                self._seal(part)
+            if part.backlog:
+                self._send_backlog(part)
             served += self._expire(part, now)
         return served
 

@@ -534,6 +534,38 @@ def test_records_interleaved_over_partitions_and_topics_land_where_they_were_sen
         assert [m.value() for m in read_all(broker, topic, [partition], len(values))] == values
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_record_produced_after_a_pause_is_sent_by_the_next_poll(
+    broker: BrokerProcess, transport: str
+) -> None:
+    """Natural batching holds a lingering batch while one is unanswered. An answer that arrived while
+    the caller slept must free that slot in the same poll(): the record produced after the pause is
+    sent then, not one poll (one more pause) later."""
+    create(broker, "pause")
+    producer = Producer(
+        {"bootstrap.servers": broker.address, "shmbroker.transport": transport, "linger.ms": 0}
+    )
+    watcher = Consumer({"bootstrap.servers": broker.address})
+    tp = TopicPartition("pause", 0)
+    try:
+        for i in range(3):
+            producer.produce("pause", b"before the pause %d" % i, partition=0)
+            producer.poll(0)  # sent; its answer comes while we sleep
+            time.sleep(0.3)
+            producer.produce("pause", b"after the pause %d" % i, partition=0)
+            producer.poll(0)  # collects the answer, then must send this record: no poll() after it
+            deadline = time.monotonic() + 5
+            high = 0
+            while high < 2 * (i + 1) and time.monotonic() < deadline:
+                high = watcher.get_watermark_offsets(tp)[1]
+                time.sleep(0.01)
+            assert high == 2 * (i + 1), f"round {i}: the broker has {high} records; the last was never sent"
+        assert producer.flush(10) == 0
+    finally:
+        watcher.close()
+        producer.close()
+
+
 def test_hostile_lane_cursor_drops_that_lane_only(broker: BrokerProcess) -> None:
     """A producer that writes an impossible write position into its lane loses its lane, nothing else."""
     import struct
