@@ -73,7 +73,7 @@ VERIFY_BY_PREAD_BYTES = 64 << 10
 # 1.3-1.6 GB/s, 512 KiB 4.6-5.6, 128 KiB 4.7-6.0, 32 KiB 3.3-4.5. Likely why: the page cache sizes
 # a write's folios after the call, and in this VM the high-order pages a 1 MiB folio needs mostly
 # come from memory the guest has not touched for a while, which the host then backs page by page.
-# An extra call per 128 KiB costs ~1 us.
+# An extra call per 128 KiB costs ~1 us. perf/bench_disk.py compares both ("one pwritev per call").
 WRITE_CALL_BYTES = 128 << 10
 
 
