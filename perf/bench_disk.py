@@ -39,6 +39,7 @@ MIB = 1 << 20
 CHECK_BATCH = records.check_batch
 DEFAULT_PREALLOCATE_WITH = segment_module.PREALLOCATE_WITH
 DEFAULT_RESERVE_AHEAD_BYTES = segment_module.RESERVE_AHEAD_BYTES
+DEFAULT_WRITE_CALL_BYTES = segment_module.WRITE_CALL_BYTES
 
 
 def make_batch(size_bytes: int, records_count: int = 1) -> bytearray:
@@ -66,6 +67,19 @@ def os_write(path: Path, batch: bytearray, count: int) -> float:
     return elapsed
 
 
+def os_write_calls(path: Path, batch: bytearray, count: int, call_bytes: int) -> float:
+    """As ``os_write``, each batch in calls of ``call_bytes`` (the page cache sizes folios after the call)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    view = memoryview(batch)
+    start = time.perf_counter()
+    for _ in range(count):
+        for offset in range(0, len(view), call_bytes):
+            os.write(fd, view[offset : offset + call_bytes])
+    elapsed = time.perf_counter() - start
+    os.close(fd)
+    return elapsed
+
+
 def os_pwrite_recycled(path: Path, batch: bytearray, count: int) -> float:
     """Overwrite a file that exists, full length, with its pages cached (a recycled segment)."""
     fd = os.open(path, os.O_WRONLY)
@@ -86,12 +100,15 @@ def log_append(
     *,
     check_crc: bool = True,
     reserve_bytes: int = DEFAULT_RESERVE_AHEAD_BYTES,
+    write_call_bytes: int = DEFAULT_WRITE_CALL_BYTES,
 ) -> float:
     """Append ``count`` batches; with ``preallocate`` the first segment is preallocated at open,
     so the timed loop sees what a broker sees after a roll (which preallocates the next one).
-    ``reserve_bytes``: segment.RESERVE_AHEAD_BYTES for this run (0: no reserve, the old default)."""
+    ``reserve_bytes``: segment.RESERVE_AHEAD_BYTES for this run (0: no reserve, the old default);
+    ``write_call_bytes``: segment.WRITE_CALL_BYTES (2**62: one pwritev per call, the old way)."""
     segment_module.PREALLOCATE_WITH = preallocate or "ftruncate"
     segment_module.RESERVE_AHEAD_BYTES = reserve_bytes
+    segment_module.WRITE_CALL_BYTES = write_call_bytes
     if not check_crc:  # attribution only: what the CRC-32C check costs (never do this for real)
         records.check_batch = lambda buf, *, max_batch_bytes: records.parse_batch_header(buf)
     log = Log.open(directory, LogConfig(preallocate=bool(preallocate)), now_ms=0)
@@ -103,6 +120,7 @@ def log_append(
     elapsed = time.perf_counter() - start
     records.check_batch = CHECK_BATCH
     segment_module.RESERVE_AHEAD_BYTES = DEFAULT_RESERVE_AHEAD_BYTES
+    segment_module.WRITE_CALL_BYTES = DEFAULT_WRITE_CALL_BYTES
     log.close(clean=False)
     return elapsed
 
@@ -117,8 +135,14 @@ def bench_append(root: Path, runs: int, mib: int) -> dict[str, list[float]]:
     os.close(fd)
     modes: dict[str, Callable[[Path], float]] = {
         "os.write (fresh file)": lambda d: os_write(d / "plain.bin", batch, count),
+        "os.write, 128 KiB calls (fresh file)": lambda d: os_write_calls(
+            d / "plain.bin", batch, count, 128 << 10
+        ),
         "Log.append": lambda d: log_append(d / "log", batch, count, 1, ""),
         "Log.append_many x8": lambda d: log_append(d / "log", batch, count, 8, ""),
+        "Log.append_many x8, one pwritev per call (before)": lambda d: log_append(
+            d / "log", batch, count, 8, "", write_call_bytes=1 << 62
+        ),
         "Log.append, no reserve (before)": lambda d: log_append(
             d / "log", batch, count, 1, "", reserve_bytes=0
         ),

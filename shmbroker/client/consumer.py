@@ -24,6 +24,7 @@ import numpy as np
 from shmbroker import records
 from shmbroker.client.config import ConsumerConfig
 from shmbroker.client.group_consumer import GroupMixin
+from shmbroker.client.heap import keep_freed_heap
 from shmbroker.client.transport import TransportFactory
 from shmbroker.client.types import (
     OFFSET_BEGINNING,
@@ -87,6 +88,7 @@ class Consumer(GroupMixin):
         # A FETCH already sent for the positions after the last reply: (correlation id, positions, max_bytes).
         self._prefetch: tuple[int, dict[tuple[str, int], int], int | None] | None = None
         self._init_group()
+        keep_freed_heap()  # each read's values reuse the last read's freed memory (client/heap.py)
 
     # -- assignment ---------------------------------------------------------------------------------
     def assign(self, partitions: list[TopicPartition]) -> None:

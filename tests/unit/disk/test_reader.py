@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from shmbroker import records
 from shmbroker.disk.log import Log
 from shmbroker.disk.reader import LogReader
 from shmbroker.errors import OffsetOutOfRangeError
@@ -117,5 +118,40 @@ def test_reader_picks_up_new_index_entries_and_skips_the_read_when_there_are_non
     got = reader.read(hwm - 1, 1 << 20, upto_offset=hwm)
     assert got is not None and bytes(got) == read_bytes(log, hwm - 1, 1 << 20, hwm)
     assert len(segment.offsets) > len(before)  # the new entries were read
+    log.close()
+    reader.close()
+
+
+def test_reads_of_big_values_across_segment_rolls_return_the_stored_bytes(log_dir: Path) -> None:
+    """Values of many sizes (0 B to well above 64 KiB) in segments that roll every few batches: every
+    read is the log's bytes, and reading from the start decodes to exactly the values appended."""
+    rng = random.Random(5)
+    log = Log.open(log_dir, small_config(segment_bytes=400_000), now_ms=0)
+    sizes = [0, 1, 4095, 4097, 65_535, 65_536, 65_537, 100_000, 300_000]
+    values: list[bytes] = []
+    for _ in range(30):
+        batch = [rng.randbytes(rng.choice(sizes)) for _ in range(rng.randint(1, 3))]
+        log.append(make_batch(batch), now_ms=0)
+        values.extend(batch)
+    assert len(log.segments) > 3
+    end = log.log_end_offset
+    reader = LogReader(log_dir)
+    for offset in range(end):
+        for max_bytes in (1, 70_000, 1 << 20):
+            got = reader.read(offset, max_bytes, upto_offset=end)
+            assert got is not None
+            assert bytes(got) == read_bytes(log, offset, max_bytes, end), (offset, max_bytes)
+    seen: list[bytes] = []
+    position = 0
+    while position < end:
+        got = reader.read(position, 1 << 20, upto_offset=end)
+        assert got is not None
+        for start, header in records.iter_batches(got):
+            _h, rows = records.decode_rows(
+                got[start : start + header.size_bytes], max_uncompressed_bytes=1 << 30
+            )
+            seen.extend(value or b"" for _o, _t, _k, value, _hs in rows)
+            position = header.next_offset
+    assert seen == values
     log.close()
     reader.close()
