@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -175,6 +176,45 @@ def test_watermarks_seek_and_offsets_for_times(broker: BrokerProcess) -> None:
     consumer.seek(TopicPartition("wm", 0, 2))
     assert consumer.poll(5).offset() == 2
     consumer.close()
+
+
+def test_watermarks_of_an_assigned_local_partition_come_from_its_control_block(broker: BrokerProcess) -> None:
+    """Assigned through shared memory, get_watermark_offsets reads what the broker would answer from
+    the control block, without a request: the values follow appends, match the broker's own answer,
+    and the supervisor counts no LIST_OFFSETS for them."""
+    create(broker, "wm-local", partitions=2)
+    producer = Producer({"bootstrap.servers": broker.address, "shmbroker.transport": "shm"})
+    local = Consumer({"bootstrap.servers": broker.address, "shmbroker.transport": "shm"})
+    asking = Consumer({"bootstrap.servers": broker.address, "shmbroker.transport": "zmq"})
+    local.assign([TopicPartition("wm-local", 0, -1)])
+    tp0, tp1 = TopicPartition("wm-local", 0), TopicPartition("wm-local", 1)
+    try:
+        for n in (1, 5, 25):
+            for i in range(n):
+                producer.produce("wm-local", b"%d" % i, partition=0)
+            assert producer.flush(10) == 0
+            assert local.get_watermark_offsets(tp0) == asking.get_watermark_offsets(tp0)
+        assert local.get_watermark_offsets(tp0) == (0, 31)
+        before = _list_offsets_requests(broker)
+        for _ in range(50):
+            assert local.get_watermark_offsets(tp0) == (0, 31)
+        assert _list_offsets_requests(broker) == before
+        assert local.get_watermark_offsets(tp1) == (0, 0)  # not assigned: the broker answers
+        assert _list_offsets_requests(broker) > before
+    finally:
+        local.close()
+        asking.close()
+        producer.close()
+
+
+def _list_offsets_requests(broker: BrokerProcess) -> int:
+    """LIST_OFFSETS requests the supervisor has answered so far (``shmbroker status --json``)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "shmbroker", "status", "--bootstrap", broker.address, "--json",
+         "--interval-s", "0.1"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    return int(json.loads(out)["counters"].get("requests.LIST_OFFSETS", 0))
 
 
 def test_bad_input_gets_typed_errors_and_the_broker_keeps_serving(broker: BrokerProcess) -> None:
