@@ -83,6 +83,21 @@ def _cmd(argv: list[str]) -> str:
         return ""
 
 
+def settle_page_cache() -> float:
+    """Write back every dirty page before a run starts; returns the seconds it took.
+
+    A run leaves up to GBs of dirty page cache (its log, a peer's AOF, the os.write ceiling's file),
+    which the kernel writes back ~30 s later (vm.dirty_expire_centisecs), i.e. in the middle of some
+    later run. Measured here: a sync of 1.5 GB during a 50k records/s latency run took its p99 from
+    ~2-3 ms to 1.1-1.3 s for every writer on the file system (ext4 journal commits wait for ordered
+    data). So each run starts with nothing of the previous ones still to write, whatever system it
+    measures.
+    """
+    t = time.monotonic()
+    os.sync()
+    return time.monotonic() - t
+
+
 def calibrate_loop_ns(n: int = 5_000_000) -> float:
     """ns per iteration of a bare `for` loop, best of 3: how fast this Python is right now (compare
     runs or machines with it; FACTS.md measured 17 ns on this machine kind)."""
@@ -457,6 +472,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                 skipped.append(msg)
                 print(msg, file=sys.stderr, flush=True)
                 continue
+            sync_s = settle_page_cache()
             t0 = time.monotonic()
             try:
                 res = s.run(size, n, timeout)
@@ -471,6 +487,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                     0.0,
                     error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}",
                 )
+            res.extra["sync_before_s"] = round(sync_s, 3)
             results[(s.name, size)].append(res)
             status = "ok" if res.ok else ("TIMEOUT" if res.timed_out else "ERROR")
             lat = ""
