@@ -794,6 +794,11 @@ class BatchBuilder:
         return len(self._values)
 
     @property
+    def first_append_ms(self) -> int:
+        """The timestamp ``build`` gives records appended without one (0 before the first append)."""
+        return self._first_append_ms
+
+    @property
     def size_bytes_estimate(self) -> int:
         """The uncompressed batch size so far, rounded up a little; amortised O(1) per appended record."""
         values = self._values

@@ -67,7 +67,7 @@ class _Sealed:
     created_s: float = 0.0
     sequence: int = 0
     values: Sequence[bytes] | None = None
-    timestamp_ms: int = 0
+    timestamp_ms: int = 0  # what its records produced without a timestamp carry (their delivery reports too)
     size_bytes: int = 0  # the batch's size, built or not: what _queued_bytes counts
 
 
@@ -379,20 +379,23 @@ class Producer:
             )
             sealed = _Sealed(batch, part.count, part.callbacks, None, part.opened_s, sequence)
             sealed.size_bytes = len(batch)
+            sealed.timestamp_ms = part.builder.first_append_ms
         elif self._in_place(part, part.values, part.size_bytes - 8 * part.count):  # produce() adds len + 8
             sealed = self._deferred(
                 part.values, int(time.time() * 1000), part.callbacks, None, part.opened_s, sequence
             )
         else:
+            now_ms = int(time.time() * 1000)
             batch = records.encode_values(
                 part.values,
-                timestamp_ms=int(time.time() * 1000),
+                timestamp_ms=now_ms,
                 codec=self._codec,
                 producer_id=producer_id,
                 base_sequence=base_sequence,
             )
             sealed = _Sealed(batch, part.count, part.callbacks, None, part.opened_s, sequence)
             sealed.size_bytes = len(batch)
+            sealed.timestamp_ms = now_ms
         part.backlog.append(sealed)
         self._queued_bytes += sealed.size_bytes
         part.builder, part.callbacks, part.values, part.count, part.size_bytes = None, None, [], 0, 0
@@ -515,6 +518,7 @@ class Producer:
         if sealed.callbacks is None:
             return sealed.count
         topic, partition = part.topic, part.partition
+        stored_ts = (TIMESTAMP_CREATE_TIME, sealed.timestamp_ms)  # of records produced without one
         for i, entry in enumerate(sealed.callbacks):
             if entry is None:
                 continue
@@ -522,6 +526,9 @@ class Producer:
             offset = base_offset + i if error is None and base_offset >= 0 else -1001
             cb(
                 error,
-                Message((topic, partition, offset, key, value, (TIMESTAMP_CREATE_TIME, ts), headers, error)),
-            )
+                Message(
+                    (topic, partition, offset, key, value, (TIMESTAMP_CREATE_TIME, ts) if ts else stored_ts,
+                     headers, error)
+                ),
+            )  # fmt: skip
         return sealed.count

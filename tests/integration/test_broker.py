@@ -606,6 +606,44 @@ def test_a_record_produced_after_a_pause_is_sent_by_the_next_poll(
         producer.close()
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_delivery_reports_carry_the_timestamps_the_records_were_stored_with(
+    broker: BrokerProcess, transport: str
+) -> None:
+    """confluent-kafka's delivery report says the record's timestamp: the one given, else the one the
+    client stamped. Plain records (produce()'s fast path), keyed ones (the batch builder), explicit
+    timestamps and big values (built in the lane frame locally) each report what a consumer reads."""
+    create(broker, "stamps")
+    producer = Producer(
+        {"bootstrap.servers": broker.address, "shmbroker.transport": transport, "linger.ms": 20}
+    )
+    reported: dict[int, tuple[int, int]] = {}
+
+    def report(err: object, msg: object) -> None:
+        assert err is None
+        reported[msg.offset()] = msg.timestamp()  # type: ignore[attr-defined]
+
+    before_ms = int(time.time() * 1000)
+    for i in range(20):
+        producer.produce("stamps", b"plain %d" % i, partition=0, on_delivery=report)
+    assert producer.flush(10) == 0
+    for i in range(10):
+        key = b"k%d" % i if i % 2 else None
+        producer.produce("stamps", b"mixed %d" % i, key=key, partition=0, on_delivery=report)
+    producer.produce("stamps", b"given", partition=0, timestamp=1_600_000_000_000, on_delivery=report)
+    assert producer.flush(10) == 0
+    for _ in range(4):
+        producer.produce("stamps", os.urandom(8192), partition=0, on_delivery=report)
+    assert producer.flush(10) == 0
+    after_ms = int(time.time() * 1000)
+    producer.close()
+    stored = {m.offset(): m.timestamp() for m in read_all(broker, "stamps", [0], 35)}
+    assert len(stored) == 35 and reported == stored
+    assert stored[30] == (1, 1_600_000_000_000)
+    assert all(before_ms <= ts <= after_ms for kind, ts in (v for k, v in stored.items() if k != 30))
+    assert all(kind == 1 for kind, _ts in stored.values())  # CreateTime
+
+
 def test_hostile_lane_cursor_drops_that_lane_only(broker: BrokerProcess) -> None:
     """A producer that writes an impossible write position into its lane loses its lane, nothing else."""
     import struct
