@@ -27,7 +27,13 @@ from shmbroker import records
 from shmbroker.client import transport as tx
 from shmbroker.client.config import ProducerConfig
 from shmbroker.client.partitioner import KeyPartitioner
-from shmbroker.client.types import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Message
+from shmbroker.client.types import (
+    TIMESTAMP_CREATE_TIME,
+    TIMESTAMP_LOG_APPEND_TIME,
+    KafkaError,
+    KafkaException,
+    Message,
+)
 
 # Errors worth sending the batch again for, until message.timeout.ms: the broker was busy or a
 # disk was full, not "this batch is bad" (a corrupt batch stays corrupt however often it is sent).
@@ -469,7 +475,7 @@ class Producer:
             # a pause unsent until the next poll(): a whole pause of latency).
             if part.in_flight:
                 retry: list[_Sealed] = []
-                for sequence, base_offset, error in part.transport.poll_completions():
+                for sequence, base_offset, error, append_time_ms in part.transport.poll_completions():
                     sealed = part.in_flight.pop(sequence, None)
                     if sealed is None:
                         continue
@@ -480,7 +486,7 @@ class Producer:
                     ):
                         retry.append(sealed)  # the broker could not take it now; it may later
                         continue
-                    served += self._deliver(part, sealed, base_offset, error)
+                    served += self._deliver(part, sealed, base_offset, error, append_time_ms)
                 if retry:
                     part.backlog.extendleft(reversed(retry))  # ahead of newer batches, in their order
                     part.retry_at = now + self._config.retry_backoff_ms / 1000
@@ -510,7 +516,16 @@ class Producer:
             )
         return expired
 
-    def _deliver(self, part: _Partition, sealed: _Sealed, base_offset: int, error: KafkaError | None) -> int:
+    def _deliver(
+        self,
+        part: _Partition,
+        sealed: _Sealed,
+        base_offset: int,
+        error: KafkaError | None,
+        append_time_ms: int = -1,
+    ) -> int:
+        """Run the batch's callbacks. ``append_time_ms`` >= 0: the topic stamps LogAppendTime, which
+        every record of the batch then carries (its own timestamp was replaced, as in Kafka)."""
         self._undelivered -= sealed.count
         self._queued_bytes -= sealed.size_bytes
         if sealed.batch_callback is not None:
@@ -519,6 +534,8 @@ class Producer:
             return sealed.count
         topic, partition = part.topic, part.partition
         stored_ts = (TIMESTAMP_CREATE_TIME, sealed.timestamp_ms)  # of records produced without one
+        if append_time_ms >= 0:
+            stored_ts = (TIMESTAMP_LOG_APPEND_TIME, append_time_ms)
         for i, entry in enumerate(sealed.callbacks):
             if entry is None:
                 continue
@@ -527,8 +544,8 @@ class Producer:
             cb(
                 error,
                 Message(
-                    (topic, partition, offset, key, value, (TIMESTAMP_CREATE_TIME, ts) if ts else stored_ts,
-                     headers, error)
+                    (topic, partition, offset, key, value,
+                     (TIMESTAMP_CREATE_TIME, ts) if ts and append_time_ms < 0 else stored_ts, headers, error)
                 ),
             )  # fmt: skip
         return sealed.count

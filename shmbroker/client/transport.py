@@ -7,7 +7,7 @@ transport have one shape, so the Producer does not know which it has:
 
     reserve()                       -> sequence for the next batch built (its base_sequence field)
     try_send(batch, sequence, acks) -> bool (False: full, keep it and retry later, in order)
-    poll_completions()              -> [(sequence, base_offset, KafkaError | None)]
+    poll_completions()              -> [(sequence, base_offset, KafkaError | None, log_append_time_ms)]
 
 Sequences count batches per partition from 0 on both paths, and the worker deduplicates by
 (producer_id, base_sequence). A lane's producer id comes with the lane; a remote producer asks the
@@ -99,10 +99,10 @@ class LaneTransport:
         self._lane.commit(sequence=sequence, acks=acks)
         return True
 
-    def poll_completions(self) -> list[tuple[int, int, KafkaError | None]]:
+    def poll_completions(self) -> list[tuple[int, int, KafkaError | None, int]]:
         done = self._early + self._lane.poll_completions() if self._early else self._lane.poll_completions()
         self._early = []
-        return [(c.sequence, c.base_offset, _error(c.error_code)) for c in done]
+        return [(c.sequence, c.base_offset, _error(c.error_code), c.log_append_time_ms) for c in done]
 
     def wait(self, timeout_s: float) -> None:
         self._early = self._lane.wait_completions(timeout_s)
@@ -141,7 +141,7 @@ class RemoteTransport:
         self._request_timeout_s = request_timeout_s
         # correlation id -> (sequence, monotonic send time); in send order, so the oldest is first.
         self.in_flight: dict[int, tuple[int, float]] = {}
-        self.done: list[tuple[int, int, KafkaError | None]] = []
+        self.done: list[tuple[int, int, KafkaError | None, int]] = []
         self._next_sequence = 0
 
     def reserve(self) -> int:
@@ -162,7 +162,7 @@ class RemoteTransport:
         self._factory.owners[cid] = self
         return True
 
-    def poll_completions(self) -> list[tuple[int, int, KafkaError | None]]:
+    def poll_completions(self) -> list[tuple[int, int, KafkaError | None, int]]:
         self._factory.pump(0)
         if self.in_flight:
             self._time_out(time.monotonic())
@@ -186,7 +186,7 @@ class RemoteTransport:
                 f"no PRODUCE reply for {self.topic}-{self.partition} within {self._request_timeout_s:.1f} s"
                 " (request.timeout.ms)"
             )
-            self.done.append((sequence, -1, KafkaError.from_broker_error(error)))
+            self.done.append((sequence, -1, KafkaError.from_broker_error(error), -1))
 
     def on_reply(self, reply: Message) -> None:
         entry = self.in_flight.pop(reply.correlation_id, None)
@@ -194,7 +194,9 @@ class RemoteTransport:
             return
         sequence = entry[0]
         if reply.error_code:
-            self.done.append((sequence, -1, _error(reply.error_code, reply.body.get("error_message", ""))))
+            self.done.append(
+                (sequence, -1, _error(reply.error_code, reply.body.get("error_message", "")), -1)
+            )
             return
         result = reply.body["results"][0]
         self.done.append(
@@ -202,6 +204,7 @@ class RemoteTransport:
                 sequence,
                 int(result.get("base_offset", -1)),
                 _error(int(result.get("error_code", 0)), result.get("error_message", "")),
+                int(result.get("log_append_time_ms", -1)),  # absent from brokers before it: CreateTime
             )
         )
 

@@ -337,6 +337,7 @@ class Router:
                     "base_offset": c.base_offset,
                     "error_code": c.error_code,
                     "partition": partition,
+                    "log_append_time_ms": c.log_append_time_ms,  # -1 unless the topic uses LogAppendTime
                 }
                 pending.outstanding -= 1
                 if pending.outstanding == 0:

@@ -644,6 +644,30 @@ def test_delivery_reports_carry_the_timestamps_the_records_were_stored_with(
     assert all(kind == 1 for kind, _ts in stored.values())  # CreateTime
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_delivery_reports_of_a_log_append_time_topic_carry_the_brokers_time(
+    broker: BrokerProcess, transport: str
+) -> None:
+    """With message.timestamp.type=LogAppendTime the broker replaces every record's timestamp with its
+    own clock at the append; the delivery report says that one (LOG_APPEND_TIME), as Kafka's does."""
+    create(broker, "appended", **{"message.timestamp.type": "LogAppendTime"})
+    producer = Producer({"bootstrap.servers": broker.address, "shmbroker.transport": transport})
+    reported: dict[int, tuple[int, int]] = {}
+
+    def report(err: object, msg: object) -> None:
+        assert err is None
+        reported[msg.offset()] = msg.timestamp()  # type: ignore[attr-defined]
+
+    for i in range(6):
+        stamp = 1_600_000_000_000 if i % 2 else 0  # a given timestamp is replaced as well
+        producer.produce("appended", b"%d" % i, partition=0, timestamp=stamp, on_delivery=report)
+        assert producer.flush(10) == 0
+    producer.close()
+    stored = {m.offset(): m.timestamp() for m in read_all(broker, "appended", [0], 6)}
+    assert len(stored) == 6 and reported == stored
+    assert all(kind == 2 and ts > 1_700_000_000_000 for kind, ts in stored.values())
+
+
 def test_hostile_lane_cursor_drops_that_lane_only(broker: BrokerProcess) -> None:
     """A producer that writes an impossible write position into its lane loses its lane, nothing else."""
     import struct
