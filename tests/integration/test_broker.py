@@ -281,7 +281,7 @@ def test_corrupt_batch_in_a_lane_is_refused_and_counted(broker: BrokerProcess) -
         done += lane.poll_completions()
         time.sleep(0.01)
     factory.close()
-    by_sequence = {s: (off, err) for s, off, err in done}
+    by_sequence = {s: (off, err) for s, off, err, _append_time_ms in done}
     assert by_sequence[0] == (0, None)
     assert by_sequence[1][1].code() == KafkaError.CORRUPT_MESSAGE
     assert by_sequence[2][1].code() == KafkaError.INVALID_RECORD
