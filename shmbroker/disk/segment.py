@@ -77,11 +77,10 @@ VERIFY_BY_PREAD_BYTES = 64 << 10
 WRITE_CALL_BYTES = 128 << 10
 
 
-def pwritev_all(fd: int, views: Sequence[memoryview], position: int, total_bytes: int = -1) -> None:
-    """Write every byte of ``views`` (``total_bytes``, if the caller knows it) at ``position``: one
-    pwritev when it is small, else calls of at most WRITE_CALL_BYTES ending on multiples of it (see
-    there); loops over short writes."""
-    total = total_bytes if total_bytes >= 0 else sum(len(view) for view in views)
+def pwritev_all(fd: int, views: Sequence[memoryview], position: int) -> None:
+    """Write every byte of ``views`` at ``position``: one pwritev when it is small, else calls of at
+    most WRITE_CALL_BYTES ending on multiples of it (see there); loops over short writes."""
+    total = sum(len(view) for view in views)
     if total <= WRITE_CALL_BYTES and len(views) <= IOV_MAX:
         if os.pwritev(fd, views, position) != total:  # short (rare): again, looping; same bytes, same place
             _pwritev_whole(fd, list(views), position)
@@ -274,7 +273,7 @@ class Segment:
         if end > self.file_bytes and self._reserve_limit_bytes and RESERVE_AHEAD_BYTES:
             self._reserve(end)
         try:
-            pwritev_all(self._fd, views, start, end - start)
+            pwritev_all(self._fd, views, start)
         except OSError as exc:  # ENOSPC, EIO: nothing counts as written; the next pwritev overwrites
             raise KafkaStorageError(f"write to {self.path} at {start} failed: {exc}") from exc
         self.file_bytes = max(self.file_bytes, end)
