@@ -8,6 +8,7 @@ Not thread-safe: one connection per client object, used from the thread that own
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -59,7 +60,8 @@ class Connection:
         return correlation_id
 
     def receive(self, timeout_s: float = 0.0) -> Message | None:
-        """The next reply to arrive, or None when none came within ``timeout_s``."""
+        """The next reply to arrive, or None when none came within ``timeout_s`` (rounded up to whole
+        milliseconds, ZeroMQ's unit: a reply ends the wait as soon as it arrives)."""
         if self._early:
             return self._early.pop(next(iter(self._early)))
         deadline = time.monotonic() + timeout_s
@@ -67,8 +69,10 @@ class Connection:
             # Look first: poll(0) costs a Poller per call, and poll(0) is what producers ask most.
             frames = recv_frames(self._socket)
             if frames is None:
-                remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-                if not remaining_ms or not self._socket.poll(remaining_ms, zmq.POLLIN):
+                remaining_s = deadline - time.monotonic()
+                # ZeroMQ waits in whole milliseconds: round up, since truncating turned every wait
+                # under 1 ms (a producer's poll(0.0005)) into a busy loop until its deadline.
+                if remaining_s <= 0 or not self._socket.poll(math.ceil(remaining_s * 1000), zmq.POLLIN):
                     return None
                 frames = recv_frames(self._socket)
                 if frames is None:
