@@ -57,7 +57,7 @@ IGNORED = {
     "topic.metadata.refresh.interval.ms",
     "fetch.wait.max.ms",
     "queued.min.messages",
-    "check.crcs",
+    "check.crcs",  # always on here: a consumer checks every batch's CRC-32C before decoding it
     "enable.partition.eof",
     "isolation.level",
 }

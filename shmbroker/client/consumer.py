@@ -6,6 +6,12 @@ to anyone per read. Elsewhere (or with ``shmbroker.transport=zmq``) it is read w
 that long-poll up to ``fetch.max.wait.ms``. Either way whole batches arrive and are decoded here;
 records below the position (a batch may start before it) are skipped.
 
+Every batch's CRC-32C is checked before it is decoded, whatever ``check.crcs`` says (it costs ~3 us
+per 64 KiB). A batch that fails (bit rot on disk, a torn copy) or does not decode comes out as one
+Message whose ``error()`` is ``_BAD_MSG``, at the batch's base offset, and the consumer goes on after
+it, as librdkafka does; a batch header that cannot be read (its length unknown) is reported at the
+position, which stays there until the application seeks past it.
+
 ``consume_columnar`` is the fast path: whole batches as columns (numpy offsets, one data buffer)
 without a Python object per record. Consumer groups (``subscribe``, ``commit``, ``committed``) live
 in ``GroupMixin`` (group_consumer.py); assigned partitions are read the same way whichever way they
@@ -39,7 +45,14 @@ from shmbroker.client.types import (
     TopicPartition,
 )
 from shmbroker.disk.reader import LogReader
-from shmbroker.errors import BrokenError, BrokerError, OffsetOutOfRangeError
+from shmbroker.errors import (
+    BrokenError,
+    BrokerError,
+    CorruptRecordError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+    UnsupportedCompressionTypeError,
+)
 from shmbroker.net.protocol import ApiKey
 from shmbroker.ring import futex
 from shmbroker.ring.control import ControlReader, WorkerState
@@ -68,12 +81,30 @@ def _high_watermark(part: _Assigned) -> int:
         return -1
 
 
+# What decoding one batch can raise on bad bytes: reported as a _BAD_MSG Message, never raised.
+_UNDECODABLE = (CorruptRecordError, RecordTooLargeError, UnsupportedCompressionTypeError)
+
+
 def _end_offset(view: memoryview, start: int) -> int:
-    """The offset after the last whole batch in ``view`` (``start`` if it holds none)."""
+    """The offset after the last whole batch in ``view`` (``start`` if it holds none) whose header
+    reads; the decoder reports the first that does not."""
     end = start
-    for _position, header in records.iter_batches(view):
-        end = header.next_offset
+    try:
+        for _position, header in records.iter_batches(view):
+            end = header.next_offset
+    except CorruptRecordError:
+        pass
     return end
+
+
+def _bad_error(topic: str, partition: int, offset: int, exc: BrokerError) -> KafkaError:
+    """A batch a consumer cannot hand out: librdkafka's _BAD_MSG, naming where and why."""
+    return KafkaError(KafkaError._BAD_MSG, f"batch at offset {offset} of {topic}-{partition}: {exc}")
+
+
+def _bad_batch(topic: str, partition: int, offset: int, exc: BrokerError) -> Message:
+    """The Message a consumer returns in place of a batch it cannot hand out."""
+    return Message.make(topic, partition, offset, None, None, error=_bad_error(topic, partition, offset, exc))
 
 
 class Consumer(GroupMixin):
@@ -87,6 +118,7 @@ class Consumer(GroupMixin):
         self._closed = False
         # A FETCH already sent for the positions after the last reply: (correlation id, positions, max_bytes).
         self._prefetch: tuple[int, dict[tuple[str, int], int], int | None] | None = None
+        self._bad_columnar: KafkaError | None = None  # a batch consume_columnar raises for on its next call
         self._init_group()
         keep_freed_heap()  # each read's values reuse the last read's freed memory (client/heap.py)
 
@@ -223,15 +255,21 @@ class Consumer(GroupMixin):
     ) -> list[tuple[str, int, records.ColumnarRecords]]:
         """Whole batches as columns: [(topic, partition, ColumnarRecords)] (records below the position
         are not cut out of the first batch: use ``offsets >= position``). Advances past what it returns."""
+        if self._bad_columnar is not None:  # found by the last call, after the batches it returned
+            error, self._bad_columnar = self._bad_columnar, None
+            raise KafkaException(error)
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         while True:
-            out = []
+            out: list[tuple[str, int, records.ColumnarRecords]] = []
             if self._sub is not None:
                 self._group_step()
             for part, view in self._read_all(max_bytes):
-                for batch in records.iter_columnar(view, max_uncompressed_bytes=self._max_uncompressed):
-                    out.append((part.topic, part.partition, batch))
-                    part.position = max(part.position, batch.header.next_offset)
+                bad = self._columns_into(out, part, view)
+                if bad is not None:
+                    if not out:
+                        raise KafkaException(bad)
+                    self._bad_columnar = bad
+                    return out
             if out or not self._wait(deadline):
                 return out
             if not self._assigned and self._sub is not None:
@@ -258,66 +296,114 @@ class Consumer(GroupMixin):
             if self._ready or not self._wait(deadline):
                 return
 
-    def _decode_into(self, part: _Assigned, view: memoryview) -> None:
+    def _columns_into(
+        self,
+        out: list[tuple[str, int, records.ColumnarRecords]],
+        part: _Assigned,
+        view: memoryview | CorruptRecordError,
+    ) -> KafkaError | None:
+        """``consume_columnar``'s decode of one read: its batches appended to ``out`` up to the first
+        that does not decode, whose _BAD_MSG error is returned (positioned as ``_decode_into`` does)."""
+        position = part.position
+        try:
+            if isinstance(view, CorruptRecordError):
+                raise view
+            for start, header in records.iter_batches(view):
+                if header.next_offset <= position:
+                    continue
+                try:
+                    batch = records.decode_columnar(
+                        view[start : start + header.size_bytes], max_uncompressed_bytes=self._max_uncompressed
+                    )
+                except _UNDECODABLE as exc:
+                    part.position = header.next_offset
+                    return _bad_error(part.topic, part.partition, header.base_offset, exc)
+                out.append((part.topic, part.partition, batch))
+                position = part.position = header.next_offset
+        except CorruptRecordError as exc:
+            return _bad_error(part.topic, part.partition, position, exc)
+        return None
+
+    def _decode_into(self, part: _Assigned, view: memoryview | CorruptRecordError) -> None:
         """Append the records of ``view`` at or above the position as Messages, a batch at a time."""
         topic, partition, position = part.topic, part.partition, part.position
-        extend = self._ready.extend
-        limit = self._max_uncompressed
-        for start, header in records.iter_batches(view):
-            if header.next_offset <= position:
-                continue
-            batch = view[start : start + header.size_bytes]
-            kind = (
-                TIMESTAMP_LOG_APPEND_TIME
-                if header.attributes & records.TIMESTAMP_TYPE_BIT
-                else TIMESTAMP_CREATE_TIME
-            )
-            if header.records_count < records.SMALL_BATCH_RECORDS:
-                _header, rows = records.decode_rows(batch, max_uncompressed_bytes=limit)
-                extend(
-                    Message((topic, partition, offset, key, value, (kind, ts), list(headers) or None, None))
-                    for offset, ts, key, value, headers in rows
-                    if offset >= position
-                )
+        try:
+            if isinstance(view, CorruptRecordError):
+                raise view
+            for start, header in records.iter_batches(view):
+                if header.next_offset <= position:
+                    continue
+                try:
+                    self._decode_batch(
+                        topic, partition, position, view[start : start + header.size_bytes], header
+                    )
+                except _UNDECODABLE as exc:
+                    self._ready.append(_bad_batch(topic, partition, header.base_offset, exc))
                 position = header.next_offset
-                continue
-            columns = records.decode_columnar(batch, max_uncompressed_bytes=limit)
-            first = 0 if header.base_offset >= position else int(np.searchsorted(columns.offsets, position))
-            keys, values = columns.keys(), columns.values()
-            headers_column: Any = repeat(None)
-            if columns.headers:
-                headers_column = [list(h) if h else None for h in columns.headers[first:]]
-            if first:
-                keys, values = keys[first:], values[first:]
-            timestamps = columns.timestamps_ms[first:].tolist()
-            # One (type, timestamp) tuple per distinct timestamp, shared by its records: a batch spans a
-            # few milliseconds, so this saves a tracked tuple per record.
-            stamps = {ts: (kind, ts) for ts in set(timestamps)}
-            # One C-level map per batch: no Python frame per record.
-            extend(
-                map(
-                    Message,
-                    zip(
-                        repeat(topic),
-                        repeat(partition),
-                        columns.offsets[first:].tolist(),
-                        keys,
-                        values,
-                        map(stamps.__getitem__, timestamps),
-                        headers_column,
-                        repeat(None),
-                    ),
-                )
-            )
-            position = header.next_offset
+        except CorruptRecordError as exc:
+            # A header that does not read: where the next batch starts is unknown, so the position
+            # stays (after the good batches before it) and each read reports it again until the
+            # application seeks past it, as Kafka's Java consumer does.
+            self._ready.append(_bad_batch(topic, partition, position, exc))
         part.position = position
 
-    def _read_all(self, max_bytes: int | None) -> list[tuple[_Assigned, memoryview]]:
+    def _decode_batch(
+        self, topic: str, partition: int, position: int, batch: memoryview, header: records.BatchHeader
+    ) -> None:
+        """Append the records at or above ``position`` of one whole batch (``header`` as read) as
+        Messages; nothing when it raises (CRC, length, varints, codec: _UNDECODABLE)."""
+        extend = self._ready.extend
+        limit = self._max_uncompressed
+        kind = (
+            TIMESTAMP_LOG_APPEND_TIME
+            if header.attributes & records.TIMESTAMP_TYPE_BIT
+            else TIMESTAMP_CREATE_TIME
+        )
+        if header.records_count < records.SMALL_BATCH_RECORDS:
+            _header, rows = records.decode_rows(batch, max_uncompressed_bytes=limit)
+            extend(
+                Message((topic, partition, offset, key, value, (kind, ts), list(headers) or None, None))
+                for offset, ts, key, value, headers in rows
+                if offset >= position
+            )
+            return
+        columns = records.decode_columnar(batch, max_uncompressed_bytes=limit)
+        first = 0 if header.base_offset >= position else int(np.searchsorted(columns.offsets, position))
+        keys, values = columns.keys(), columns.values()
+        headers_column: Any = repeat(None)
+        if columns.headers:
+            headers_column = [list(h) if h else None for h in columns.headers[first:]]
+        if first:
+            keys, values = keys[first:], values[first:]
+        timestamps = columns.timestamps_ms[first:].tolist()
+        # One (type, timestamp) tuple per distinct timestamp, shared by its records: a batch spans a
+        # few milliseconds, so this saves a tracked tuple per record.
+        stamps = {ts: (kind, ts) for ts in set(timestamps)}
+        # One C-level map per batch: no Python frame per record.
+        extend(
+            map(
+                Message,
+                zip(
+                    repeat(topic),
+                    repeat(partition),
+                    columns.offsets[first:].tolist(),
+                    keys,
+                    values,
+                    map(stamps.__getitem__, timestamps),
+                    headers_column,
+                    repeat(None),
+                ),
+            )
+        )
+
+    def _read_all(self, max_bytes: int | None) -> list[tuple[_Assigned, memoryview | CorruptRecordError]]:
+        """One read of every active partition: its whole batches from the position, or the error of
+        a batch header there that does not read (which the decoders report)."""
         active = [p for p in self._assigned.values() if not p.paused]
         if not active:
             return []
         if self._transports.local:
-            out = []
+            out: list[tuple[_Assigned, memoryview | CorruptRecordError]] = []
             for part in active:
                 assert part.control is not None
                 assert part.reader is not None
@@ -330,6 +416,9 @@ class Consumer(GroupMixin):
                     except OffsetOutOfRangeError:
                         self._reset_out_of_range(part)
                         continue
+                    except CorruptRecordError as exc:  # no batch header at the position: reported there
+                        out.append((part, exc))
+                        continue
                     if view is not None:
                         out.append((part, view))
             return out
@@ -337,7 +426,7 @@ class Consumer(GroupMixin):
 
     def _fetch_remote(
         self, active: list[_Assigned], max_bytes: int | None
-    ) -> list[tuple[_Assigned, memoryview]]:
+    ) -> list[tuple[_Assigned, memoryview | CorruptRecordError]]:
         """One FETCH's batches. While the caller decodes them, the next FETCH (from where these
         end) is already on its way: the broker reads and sends while this process decodes, as
         librdkafka's prefetch does. A prefetch that no longer matches the positions (a seek, a
@@ -363,7 +452,7 @@ class Consumer(GroupMixin):
                 )
         except BrokerError as exc:
             raise KafkaException(KafkaError.from_broker_error(exc)) from exc
-        out = []
+        out: list[tuple[_Assigned, memoryview | CorruptRecordError]] = []
         ahead = dict(positions)
         for entry in reply.body["partitions"]:
             part = self._assigned.get((entry["topic"], entry["partition"]))
@@ -372,11 +461,13 @@ class Consumer(GroupMixin):
             if entry["error_code"] == OffsetOutOfRangeError.kafka_code:
                 self._reset_out_of_range(part)
                 ahead.pop((part.topic, part.partition), None)
+            elif entry["error_code"] == CorruptRecordError.kafka_code:  # the broker could not read on
+                out.append((part, CorruptRecordError(f"broker: {entry.get('error_message', '')}")))
             elif entry["frame"] >= 0:
                 view = reply.data[entry["frame"]]
                 out.append((part, view))
                 ahead[(part.topic, part.partition)] = _end_offset(view, part.position)
-        if out and len(ahead) == len(positions):
+        if out and len(ahead) == len(positions) and not any(isinstance(v, BrokerError) for _p, v in out):
             cid = connection.send(ApiKey.FETCH, self._fetch_body(ahead, max_bytes))
             self._prefetch = (cid, ahead, max_bytes)
         return out

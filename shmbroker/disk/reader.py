@@ -124,7 +124,10 @@ class _MappedSegment:
         if jump[1] > end:
             next_offset, end = jump
         while next_offset < limit_offset:
-            header = self.header_at(end)
+            try:
+                header = self.header_at(end)
+            except CorruptRecordError:
+                break  # the good batches before it now; the next read starts at it and raises
             if end + header.size_bytes - start > max_bytes:
                 break
             end += header.size_bytes

@@ -10,7 +10,7 @@ import pytest
 from shmbroker import records
 from shmbroker.disk.log import Log
 from shmbroker.disk.reader import LogReader
-from shmbroker.errors import OffsetOutOfRangeError
+from shmbroker.errors import CorruptRecordError, OffsetOutOfRangeError
 from tests.unit.disk.conftest import make_batch, random_batch, read_bytes, small_config
 
 
@@ -64,6 +64,25 @@ def test_reader_never_returns_a_batch_at_or_above_upto(log_dir: Path) -> None:
     assert got is not None
     assert len(got) == 3 * len(make_batch([b"a", b"b"]))
     log.close()
+
+
+def test_a_damaged_batch_header_ends_a_read_and_the_next_read_raises(log_dir: Path) -> None:
+    log = Log.open(log_dir, small_config(segment_bytes=1 << 20), now_ms=0)
+    one = len(make_batch([b"a", b"b"]))
+    for _ in range(3):
+        log.append(make_batch([b"a", b"b"]), now_ms=0)
+    path = log.segments[-1][1]
+    log.close()
+    with path.open("r+b") as f:  # the third batch's magic: 2 -> 0, so where it ends is unknown
+        f.seek(2 * one + 16)
+        f.write(b"\0")
+    reader = LogReader(log_dir)
+    got = reader.read(0, 1 << 20, upto_offset=6)
+    assert got is not None
+    assert len(got) == 2 * one  # the batches before it, not an error for the whole read
+    with pytest.raises(CorruptRecordError):
+        reader.read(4, 1 << 20, upto_offset=6)
+    reader.close()
 
 
 def test_reader_of_an_empty_or_missing_log(tmp_path: Path) -> None:
