@@ -395,6 +395,7 @@ class Router:
                     data.append(view)
                     total += len(view)
             except BrokerError as exc:
+                self.counters[f"errors.{exc.kafka_name}"] += 1  # a damaged log: CORRUPT_MESSAGE
                 results.append(
                     {
                         "topic": topic,

@@ -4,7 +4,10 @@ raise, loop or hand out its bytes; the broker keeps serving."""
 
 from __future__ import annotations
 
+import json
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -71,6 +74,15 @@ def _consumer(broker: BrokerProcess, transport: str, topic: str) -> Consumer:
     consumer = Consumer({"bootstrap.servers": broker.address, "shmbroker.transport": transport})
     consumer.assign([TopicPartition(topic, 0, 0)])
     return consumer
+
+
+def _router_corrupt_errors(broker: BrokerProcess) -> int:
+    out = subprocess.run(
+        [sys.executable, "-m", "shmbroker", "status", "--bootstrap", broker.address, "--json",
+         "--interval-s", "0.1"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    return int(json.loads(out)["router"].get("counters", {}).get("errors.CORRUPT_MESSAGE", 0))
 
 
 def _good(batch: int) -> list[tuple[int, object, object]]:
@@ -148,6 +160,11 @@ def test_an_unreadable_batch_header_is_reported_at_the_position_on_every_read(
         assert consumer.position([TopicPartition("rothdr", 0)])[0].offset == PER_BATCH
     finally:
         consumer.close()
+    if transport == "zmq":  # the router read it and answered CORRUPT_MESSAGE: counted (status, 1-s cadence)
+        deadline = time.monotonic() + 10
+        while _router_corrupt_errors(broker) < 3 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert _router_corrupt_errors(broker) >= 3
     # The broker keeps serving: the partition still takes records, and its other readers still read.
     producer = Producer({"bootstrap.servers": broker.address})
     producer.produce("rothdr", b"after", partition=0)
