@@ -32,6 +32,10 @@ from shmbroker.errors import CorruptRecordError, OffsetOutOfRangeError
 from shmbroker.records import BATCH_HEADER, HEADER_BYTES, MAGIC, MIN_BATCH_LENGTH, BatchHeader
 
 
+class _Stale(Exception):
+    """The segments as last listed cannot answer a read; a new listing might."""
+
+
 class _MappedSegment:
     """One segment's ``.log`` mapped read-only and its ``.index`` as native columns."""
 
@@ -57,25 +61,27 @@ class _MappedSegment:
                 self._map = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
                 self.mapped_bytes = size
 
-    def refresh_index(self) -> None:
-        """Pick up entries the worker appended since; a torn last entry waits for next time."""
+    def refresh_index(self) -> bool:
+        """Pick up entries the worker appended since; a torn last entry waits for next time. False
+        when the index file is not there (the segment deleted, or one just being created)."""
         # One stat, not open + read + close, when nothing was added: the common case of a tail
         # reader (a local consumer or a parked fetch reads the active segment after every append).
         try:
             if os.stat(self.index_path).st_size < (len(self.offsets) + 1) * INDEX_ENTRY.itemsize:
-                return
+                return True
         except FileNotFoundError:
-            return
+            return False
         try:
             with open(self.index_path, "rb") as f:
                 f.seek(len(self.offsets) * INDEX_ENTRY.itemsize)
                 data = f.read()
         except FileNotFoundError:
-            return
+            return False
         new = np.frombuffer(data[: len(data) - len(data) % INDEX_ENTRY.itemsize], dtype=INDEX_ENTRY)
         if len(new):
             self.offsets = np.concatenate([self.offsets, new["relative_offset"].astype(np.uint32)])
             self.positions = np.concatenate([self.positions, new["position"].astype(np.uint32)])
+        return True
 
     def header_at(self, position: int) -> BatchHeader:
         if position + HEADER_BYTES > self.mapped_bytes:
@@ -182,31 +188,53 @@ class LogReader:
             if self._bases and offset < self._bases[0]:
                 raise OffsetOutOfRangeError(f"offset {offset} is below {self._bases[0]}")
             return None
+        # The segments listed last time first: listing the directory cost a tail reader ~8 us of its
+        # ~19 us per read. A roll shows as a read past the end of the last segment we know (a bad
+        # header or None), a deletion as a segment file gone; either way list again and look again.
+        # The caller read upto_offset before calling, so that listing has every segment below it.
+        if self._bases:
+            try:
+                return self._find(offset, max_bytes, upto_offset, listed=False)
+            except (_Stale, CorruptRecordError, OffsetOutOfRangeError):
+                pass
+        self._relist()
+        return self._find(offset, max_bytes, upto_offset, listed=True)
+
+    def _find(
+        self, offset: int, max_bytes: int, upto_offset: int, *, listed: bool
+    ) -> tuple[_MappedSegment, int, int, int] | None:
+        """``locate`` over the segments as listed; unless just ``listed``, _Stale where a listing
+        could tell more (the segment is gone, or nothing was found below upto_offset)."""
         i = bisect.bisect_right(self._bases, offset) - 1
-        if i < 0 or i == len(self._bases) - 1 or not self._segments[self._bases[i]].exists():
-            self._relist()  # after the caller read upto_offset: lists every segment below it
-            i = bisect.bisect_right(self._bases, offset) - 1
         if i < 0:
             start = self._bases[0] if self._bases else "nothing"
             raise OffsetOutOfRangeError(
                 f"offset {offset} is below the log start ({start}) in {self.directory}"
             )
-        while i < len(self._bases):
+        last = len(self._bases) - 1
+        if not listed and i < last and not self._segments[self._bases[i]].exists():
+            raise _Stale  # (the last one's index refresh below tells the same with its one stat)
+        while i <= last:
             segment = self._segments[self._bases[i]]
-            next_base = self._bases[i + 1] if i + 1 < len(self._bases) else upto_offset
+            next_base = self._bases[i + 1] if i < last else upto_offset
             limit = min(upto_offset, next_base)
-            if i == len(self._bases) - 1 or not segment.index_loaded:
+            if i == last or not segment.index_loaded:
                 # The active segment's index grows; a sealed one's is read once. (Without it a read
                 # walked every batch header from the segment start: quadratic over a segment.)
-                segment.refresh_index()
-                segment.index_loaded = i < len(self._bases) - 1
+                if not segment.refresh_index() and not listed:
+                    raise _Stale
+                segment.index_loaded = i < last
             try:
                 found = segment.span(offset, max_bytes, limit) if offset < limit else None
             except FileNotFoundError as exc:
+                if not listed:
+                    raise _Stale from exc
                 raise OffsetOutOfRangeError(f"segment {segment.path} was deleted") from exc
             if found is not None:
                 return segment, *found
             i += 1
+        if not listed:
+            raise _Stale
         return None
 
     def close(self) -> None:

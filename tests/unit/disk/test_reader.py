@@ -54,6 +54,46 @@ def test_reader_after_retention_raises_out_of_range(log_dir: Path) -> None:
     log.close()
 
 
+def test_tail_reads_do_not_list_the_directory_until_a_roll(
+    log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing cost a tail reader ~half of each read; a roll or a deletion still gets seen."""
+    from shmbroker.disk import reader as reader_module
+
+    listings: list[Path] = []
+    real = reader_module.list_segment_bases
+    monkeypatch.setattr(reader_module, "list_segment_bases", lambda d: listings.append(d) or real(d))
+    log = Log.open(log_dir, small_config(), now_ms=0)  # 4096-byte segments
+    log.append(make_batch([b"v" * 100]), now_ms=0)
+    reader = LogReader(log_dir)
+    listed = len(listings)
+    for _ in range(50):  # the tail of the one segment there is, again and again
+        end = log.log_end_offset
+        got = reader.read(end - 1, 1 << 20, upto_offset=end)
+        assert got is not None
+        log.append(make_batch([b"v" * 100]), now_ms=0)
+    assert len(log.segments) > 1  # it rolled meanwhile ...
+    assert len(listings) - listed < 5  # ... and was listed only when a read ran past what it knew
+    end = log.log_end_offset
+    for offset in range(end):  # every offset still reads what the log holds
+        got = reader.read(offset, 1, upto_offset=end)
+        assert got is not None and bytes(got) == read_bytes(log, offset, 1, end), offset
+    log.close()
+
+
+def test_a_segment_rolled_and_deleted_behind_a_lagging_reader_is_out_of_range(log_dir: Path) -> None:
+    log = Log.open(log_dir, small_config(retention_bytes=5000, retention_ms=-1), now_ms=0)
+    log.append(make_batch([b"v" * 200]), now_ms=0)
+    reader = LogReader(log_dir)
+    assert reader.read(0, 100, upto_offset=1) is not None  # it knows one segment, mapped
+    for _ in range(60):
+        log.append(make_batch([b"v" * 200]), now_ms=0)
+    assert log.apply_retention(0) > 0  # that segment rolled, then went
+    with pytest.raises(OffsetOutOfRangeError):  # not its bytes from the mapping it still holds
+        reader.read(0, 100, upto_offset=log.log_end_offset)
+    log.close()
+
+
 def test_reader_never_returns_a_batch_at_or_above_upto(log_dir: Path) -> None:
     log = Log.open(log_dir, small_config(), now_ms=0)
     for _ in range(10):
