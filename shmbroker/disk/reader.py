@@ -48,6 +48,10 @@ class _MappedSegment:
         self.index_loaded = False  # True once a sealed segment's whole index was read
         self.offsets = np.empty(0, dtype=np.uint32)  # relative offsets of indexed batch starts
         self.positions = np.empty(0, dtype=np.uint32)
+        # The index file kept open while its segment is active: one fstat per read tells whether it
+        # grew or was deleted (st_nlink 0), where a stat by name, then open + read + close cost ~4x.
+        self._index_fd: int | None = None
+        self._capacity = np.empty(0, dtype=np.uint32), np.empty(0, dtype=np.uint32)
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -64,24 +68,37 @@ class _MappedSegment:
     def refresh_index(self) -> bool:
         """Pick up entries the worker appended since; a torn last entry waits for next time. False
         when the index file is not there (the segment deleted, or one just being created)."""
-        # One stat, not open + read + close, when nothing was added: the common case of a tail
-        # reader (a local consumer or a parked fetch reads the active segment after every append).
-        try:
-            if os.stat(self.index_path).st_size < (len(self.offsets) + 1) * INDEX_ENTRY.itemsize:
-                return True
-        except FileNotFoundError:
+        fd = self._index_fd
+        if fd is None:
+            try:
+                fd = self._index_fd = os.open(self.index_path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return False
+        stat = os.fstat(fd)
+        if stat.st_nlink == 0:  # unlinked: retention took the segment
             return False
-        try:
-            with open(self.index_path, "rb") as f:
-                f.seek(len(self.offsets) * INDEX_ENTRY.itemsize)
-                data = f.read()
-        except FileNotFoundError:
-            return False
-        new = np.frombuffer(data[: len(data) - len(data) % INDEX_ENTRY.itemsize], dtype=INDEX_ENTRY)
-        if len(new):
-            self.offsets = np.concatenate([self.offsets, new["relative_offset"].astype(np.uint32)])
-            self.positions = np.concatenate([self.positions, new["position"].astype(np.uint32)])
+        have = len(self.offsets) * INDEX_ENTRY.itemsize
+        if stat.st_size < have + INDEX_ENTRY.itemsize:
+            return True
+        data = os.pread(fd, stat.st_size - have, have)
+        new = np.frombuffer(data, dtype=INDEX_ENTRY, count=len(data) // INDEX_ENTRY.itemsize)
+        count, grown = len(self.offsets), len(self.offsets) + len(new)
+        offsets, positions = self._capacity
+        if grown > len(offsets):  # doubling: appending entries one read at a time stays linear
+            size = max(grown, 2 * len(offsets), 64)
+            offsets, positions = np.empty(size, dtype=np.uint32), np.empty(size, dtype=np.uint32)
+            offsets[:count], positions[:count] = self.offsets, self.positions
+            self._capacity = offsets, positions
+        offsets[count:grown] = new["relative_offset"]
+        positions[count:grown] = new["position"]
+        self.offsets, self.positions = offsets[:grown], positions[:grown]
         return True
+
+    def close_index(self) -> None:
+        """Close the index file (a sealed segment's index is read once; the reader drops it)."""
+        if self._index_fd is not None:
+            os.close(self._index_fd)
+            self._index_fd = None
 
     def header_at(self, position: int) -> BatchHeader:
         if position + HEADER_BYTES > self.mapped_bytes:
@@ -152,8 +169,11 @@ class LogReader:
 
     def _relist(self) -> None:
         bases = list_segment_bases(self.directory)
-        self._segments = {b: self._segments.get(b) or _MappedSegment(self.directory, b) for b in bases}
-        self._bases = bases
+        segments = {b: self._segments.get(b) or _MappedSegment(self.directory, b) for b in bases}
+        for base, segment in self._segments.items():
+            if base not in segments or base != bases[-1]:
+                segment.close_index()  # gone, or sealed: a later read there reopens it once
+        self._segments, self._bases = segments, bases
 
     @property
     def log_start_offset(self) -> int | None:
@@ -224,6 +244,8 @@ class LogReader:
                 if not segment.refresh_index() and not listed:
                     raise _Stale
                 segment.index_loaded = i < last
+                if segment.index_loaded:
+                    segment.close_index()
             try:
                 found = segment.span(offset, max_bytes, limit) if offset < limit else None
             except FileNotFoundError as exc:
@@ -238,6 +260,8 @@ class LogReader:
         return None
 
     def close(self) -> None:
-        """Drop the mappings (views already handed out keep theirs alive)."""
+        """Drop the mappings (views already handed out keep theirs alive) and the index files."""
+        for segment in self._segments.values():
+            segment.close_index()
         self._segments.clear()
         self._bases = []

@@ -81,6 +81,40 @@ def test_tail_reads_do_not_list_the_directory_until_a_roll(
     log.close()
 
 
+def test_reader_holds_only_the_active_index_open_and_follows_its_growth(log_dir: Path) -> None:
+    import os
+
+    def open_fds() -> int:
+        """Index files open read-only in this process: the reader's (the log opens its own O_RDWR)."""
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+                flags = int(info.split("flags:")[1].split()[0], 8)
+            except (OSError, IndexError):
+                continue
+            count += target.endswith(".index") and flags & os.O_ACCMODE == os.O_RDONLY
+        return count
+
+    log = Log.open(log_dir, small_config(), now_ms=0)  # 4096-byte segments, an entry per 512 bytes
+    before = open_fds()
+    reader = LogReader(log_dir)
+    for _ in range(200):  # a tail reader following appends across many rolls
+        log.append(make_batch([b"v" * 300]), now_ms=0)
+        end = log.log_end_offset
+        got = reader.read(end - 1, 1 << 20, upto_offset=end)
+        assert got is not None and bytes(got) == read_bytes(log, end - 1, 1 << 20, end)
+    assert len(log.segments) > 10
+    assert open_fds() - before <= 1  # the active segment's index only (sealed ones: read once, closed)
+    for offset in range(0, log.log_end_offset, 7):  # every index entry picked up: reads from anywhere
+        got = reader.read(offset, 1, upto_offset=log.log_end_offset)
+        assert got is not None and bytes(got) == read_bytes(log, offset, 1, log.log_end_offset)
+    reader.close()
+    assert open_fds() == before
+    log.close()
+
+
 def test_a_segment_rolled_and_deleted_behind_a_lagging_reader_is_out_of_range(log_dir: Path) -> None:
     log = Log.open(log_dir, small_config(retention_bytes=5000, retention_ms=-1), now_ms=0)
     log.append(make_batch([b"v" * 200]), now_ms=0)
