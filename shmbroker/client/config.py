@@ -186,6 +186,7 @@ class ConsumerConfig:
     fetch_min_bytes: int
     fetch_max_wait_ms: int
     on_error: Callable[..., None] | None
+    fetch_error_backoff_ms: int = 500  # a partition whose FETCH failed is not asked again before this
     # consumer groups (librdkafka's defaults)
     group_instance_id: str | None = None
     client_id: str = "rdkafka"
@@ -218,6 +219,7 @@ class ConsumerConfig:
             fetch_min_bytes=_int(conf, "fetch.min.bytes", 1, 1, 100000000),
             fetch_max_wait_ms=_int(conf, "fetch.max.wait.ms", 500, 0, 300000),
             on_error=conf.pop("error_cb", None),
+            fetch_error_backoff_ms=_int(conf, "fetch.error.backoff.ms", 500, 0, 300000),
             **_group_fields(conf),
         )
         _reject_unknown(conf)

@@ -52,6 +52,7 @@ from shmbroker.errors import (
     OffsetOutOfRangeError,
     RecordTooLargeError,
     UnsupportedCompressionTypeError,
+    error_for_code,
 )
 from shmbroker.net.protocol import ApiKey
 from shmbroker.ring import futex
@@ -68,6 +69,7 @@ class _Assigned:
         self.reader: LogReader | None = None
         self.control: ControlReader | None = None
         self.paused = False
+        self.retry_fetch_at = 0.0  # monotonic: a FETCH error backs this partition off until then
 
 
 def _high_watermark(part: _Assigned) -> int:
@@ -300,13 +302,15 @@ class Consumer(GroupMixin):
         self,
         out: list[tuple[str, int, records.ColumnarRecords]],
         part: _Assigned,
-        view: memoryview | CorruptRecordError,
+        view: memoryview | BrokerError,
     ) -> KafkaError | None:
         """``consume_columnar``'s decode of one read: its batches appended to ``out`` up to the first
         that does not decode, whose _BAD_MSG error is returned (positioned as ``_decode_into`` does)."""
         position = part.position
+        if isinstance(view, BrokerError) and not isinstance(view, CorruptRecordError):
+            return KafkaError.from_broker_error(view)
         try:
-            if isinstance(view, CorruptRecordError):
+            if isinstance(view, BrokerError):
                 raise view
             for start, header in records.iter_batches(view):
                 if header.next_offset <= position:
@@ -324,11 +328,17 @@ class Consumer(GroupMixin):
             return _bad_error(part.topic, part.partition, position, exc)
         return None
 
-    def _decode_into(self, part: _Assigned, view: memoryview | CorruptRecordError) -> None:
+    def _decode_into(self, part: _Assigned, view: memoryview | BrokerError) -> None:
         """Append the records of ``view`` at or above the position as Messages, a batch at a time."""
         topic, partition, position = part.topic, part.partition, part.position
+        if isinstance(view, BrokerError) and not isinstance(view, CorruptRecordError):
+            # A FETCH error for this partition (its topic deleted, say): once per backoff, as librdkafka.
+            self._ready.append(
+                Message.make(topic, partition, position, None, None, error=KafkaError.from_broker_error(view))
+            )
+            return
         try:
-            if isinstance(view, CorruptRecordError):
+            if isinstance(view, BrokerError):
                 raise view
             for start, header in records.iter_batches(view):
                 if header.next_offset <= position:
@@ -396,14 +406,14 @@ class Consumer(GroupMixin):
             )
         )
 
-    def _read_all(self, max_bytes: int | None) -> list[tuple[_Assigned, memoryview | CorruptRecordError]]:
+    def _read_all(self, max_bytes: int | None) -> list[tuple[_Assigned, memoryview | BrokerError]]:
         """One read of every active partition: its whole batches from the position, or the error of
         a batch header there that does not read (which the decoders report)."""
         active = [p for p in self._assigned.values() if not p.paused]
         if not active:
             return []
         if self._transports.local:
-            out: list[tuple[_Assigned, memoryview | CorruptRecordError]] = []
+            out: list[tuple[_Assigned, memoryview | BrokerError]] = []
             for part in active:
                 assert part.control is not None
                 assert part.reader is not None
@@ -422,11 +432,13 @@ class Consumer(GroupMixin):
                     if view is not None:
                         out.append((part, view))
             return out
-        return self._fetch_remote(active, max_bytes)
+        now = time.monotonic()
+        fetchable = [p for p in active if p.retry_fetch_at <= now]
+        return self._fetch_remote(fetchable, max_bytes) if fetchable else []
 
     def _fetch_remote(
         self, active: list[_Assigned], max_bytes: int | None
-    ) -> list[tuple[_Assigned, memoryview | CorruptRecordError]]:
+    ) -> list[tuple[_Assigned, memoryview | BrokerError]]:
         """One FETCH's batches. While the caller decodes them, the next FETCH (from where these
         end) is already on its way: the broker reads and sends while this process decodes, as
         librdkafka's prefetch does. A prefetch that no longer matches the positions (a seek, a
@@ -452,7 +464,7 @@ class Consumer(GroupMixin):
                 )
         except BrokerError as exc:
             raise KafkaException(KafkaError.from_broker_error(exc)) from exc
-        out: list[tuple[_Assigned, memoryview | CorruptRecordError]] = []
+        out: list[tuple[_Assigned, memoryview | BrokerError]] = []
         ahead = dict(positions)
         for entry in reply.body["partitions"]:
             part = self._assigned.get((entry["topic"], entry["partition"]))
@@ -463,6 +475,9 @@ class Consumer(GroupMixin):
                 ahead.pop((part.topic, part.partition), None)
             elif entry["error_code"] == CorruptRecordError.kafka_code:  # the broker could not read on
                 out.append((part, CorruptRecordError(f"broker: {entry.get('error_message', '')}")))
+            elif entry["error_code"]:  # anything else: reported, and not asked again at once
+                part.retry_fetch_at = time.monotonic() + self._config.fetch_error_backoff_ms / 1000
+                out.append((part, error_for_code(entry["error_code"], str(entry.get("error_message", "")))))
             elif entry["frame"] >= 0:
                 view = reply.data[entry["frame"]]
                 out.append((part, view))
@@ -508,7 +523,15 @@ class Consumer(GroupMixin):
         if deadline is not None and now >= deadline:
             return False
         if not self._transports.local:
-            return True  # the FETCH long-poll did the waiting
+            # The FETCH long-poll did the waiting, unless there was none to send: every partition
+            # paused, or backing off after an error. Then sleep, not spin, until one may be asked.
+            due = [p.retry_fetch_at for p in self._assigned.values() if not p.paused]
+            if not due or min(due) > now:
+                until = min(due, default=now + WAIT_S * 25)
+                if deadline is not None:
+                    until = min(until, deadline)
+                time.sleep(max(0.0, min(until - now, 0.05)))
+            return True
         words = []
         for p in self._assigned.values():
             if p.control is None or p.paused:

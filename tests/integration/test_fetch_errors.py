@@ -1,0 +1,83 @@
+"""A remote consumer whose FETCH fails for a partition (its topic deleted) reports it and backs off
+(fetch.error.backoff.ms), as librdkafka does, instead of asking again in a hot loop; one with every
+partition paused sleeps instead of spinning."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import pytest
+
+from shmbroker import AdminClient, Consumer, KafkaError, Producer, TopicPartition
+from tests.integration.broker_fixture import BrokerProcess
+from tests.integration.test_broker import create
+
+pytestmark = pytest.mark.integration
+
+
+def _fetch_requests(broker: BrokerProcess) -> int:
+    out = subprocess.run(
+        [sys.executable, "-m", "shmbroker", "status", "--bootstrap", broker.address, "--json",
+         "--interval-s", "0.1"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    return int(json.loads(out)["counters"].get("requests.FETCH", 0))
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_a_deleted_topic_is_reported_and_fetched_at_the_backoff_pace(broker: BrokerProcess) -> None:
+    create(broker, "doomed")
+    producer = Producer({"bootstrap.servers": broker.address})
+    producer.produce("doomed", b"one", partition=0)
+    assert producer.flush(10) == 0
+    producer.close()
+    consumer = Consumer(
+        {"bootstrap.servers": broker.address, "shmbroker.transport": "zmq", "fetch.error.backoff.ms": 200}
+    )
+    try:
+        consumer.assign([TopicPartition("doomed", 0, 0)])
+        first = consumer.poll(10)
+        assert first is not None and first.value() == b"one"
+        admin = AdminClient({"bootstrap.servers": broker.address})
+        admin.delete_topics(["doomed"])["doomed"].result()
+        admin.close()
+        time.sleep(1.5)  # the router's metadata refresh (1 s) learns of it
+        before = _fetch_requests(broker)
+        errors = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.0:
+            message = consumer.poll(0.3)
+            if message is not None:
+                assert message.error() is not None, message
+                errors.append(message.error().code())
+        time.sleep(1.2)  # the router writes its counters once a second
+        asked = _fetch_requests(broker) - before
+        assert errors and set(errors) == {KafkaError.UNKNOWN_TOPIC_OR_PART}
+        # One FETCH per 200-ms backoff (about 10 in 2 s; a hot loop asked ~1,400 a second).
+        assert asked <= 25, asked
+        assert len(errors) <= 25
+    finally:
+        consumer.close()
+
+
+def test_a_remote_consumer_with_every_partition_paused_sleeps(broker: BrokerProcess) -> None:
+    create(broker, "resting")
+    consumer = Consumer({"bootstrap.servers": broker.address, "shmbroker.transport": "zmq"})
+    try:
+        consumer.assign([TopicPartition("resting", 0, 0)])
+        consumer.pause([TopicPartition("resting", 0)])
+        wall0, cpu0 = time.monotonic(), _cpu_s()
+        assert consumer.poll(1.0) is None
+        wall, cpu = time.monotonic() - wall0, _cpu_s() - cpu0
+        assert wall >= 0.9  # it waited its timeout...
+        assert cpu < 0.3 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s"  # ...asleep, not in a loop
+    finally:
+        consumer.close()
