@@ -51,6 +51,7 @@ from shmbroker.errors import (
     CorruptRecordError,
     OffsetOutOfRangeError,
     RecordTooLargeError,
+    UnknownTopicOrPartitionError,
     UnsupportedCompressionTypeError,
     error_for_code,
 )
@@ -85,6 +86,18 @@ def _high_watermark(part: _Assigned) -> int:
 
 # What decoding one batch can raise on bad bytes: reported as a _BAD_MSG Message, never raised.
 _UNDECODABLE = (CorruptRecordError, RecordTooLargeError, UnsupportedCompressionTypeError)
+
+
+def _deleted_locally(part: _Assigned) -> bool:
+    """Its worker stopped and its directory is gone: the topic was deleted (a broker shutdown stops
+    the worker but keeps the directory; a crashed worker never says STOPPING)."""
+    assert part.control is not None
+    assert part.reader is not None
+    try:
+        stopping = part.control.read().state == WorkerState.STOPPING
+    except BrokenError:
+        return False
+    return stopping and not part.reader.directory.exists()
 
 
 def _end_offset(view: memoryview, start: int) -> int:
@@ -412,11 +425,14 @@ class Consumer(GroupMixin):
         active = [p for p in self._assigned.values() if not p.paused]
         if not active:
             return []
+        now = time.monotonic()
         if self._transports.local:
             out: list[tuple[_Assigned, memoryview | BrokerError]] = []
             for part in active:
                 assert part.control is not None
                 assert part.reader is not None
+                if part.retry_fetch_at > now:
+                    continue
                 hw = _high_watermark(part)
                 if part.position < hw:
                     try:
@@ -429,12 +445,22 @@ class Consumer(GroupMixin):
                     except CorruptRecordError as exc:  # no batch header at the position: reported there
                         out.append((part, exc))
                         continue
+                    except FileNotFoundError:  # the partition's directory went with its topic
+                        out.append((part, self._deleted(part, now)))
+                        continue
                     if view is not None:
                         out.append((part, view))
+                elif _deleted_locally(part):
+                    out.append((part, self._deleted(part, now)))
             return out
-        now = time.monotonic()
         fetchable = [p for p in active if p.retry_fetch_at <= now]
         return self._fetch_remote(fetchable, max_bytes) if fetchable else []
+
+    def _deleted(self, part: _Assigned, now: float) -> BrokerError:
+        """A local partition whose topic was deleted: reported as a remote FETCH would report it (and
+        as often: once per fetch.error.backoff.ms)."""
+        part.retry_fetch_at = now + self._config.fetch_error_backoff_ms / 1000
+        return UnknownTopicOrPartitionError(f"unknown topic or partition {part.topic}-{part.partition}")
 
     def _fetch_remote(
         self, active: list[_Assigned], max_bytes: int | None
@@ -533,18 +559,21 @@ class Consumer(GroupMixin):
                 time.sleep(max(0.0, min(until - now, 0.05)))
             return True
         words = []
+        retry_at = now + WAIT_S * 25
         for p in self._assigned.values():
             if p.control is None or p.paused:
+                continue
+            if p.retry_fetch_at > now:  # backing off after an error: its data is not read now
+                retry_at = min(retry_at, p.retry_fetch_at)
                 continue
             seen = p.control.events()
             if p.position < _high_watermark(p):
                 return True  # published since the read: read again
             words.append((p.control.events_address, seen))
-        timeout_s = WAIT_S if deadline is None else min(WAIT_S, deadline - now)
         if words:
-            futex.wait_any(words, timeout_s)
-        else:
-            time.sleep(timeout_s)  # every partition paused: nothing to wake us but time
+            futex.wait_any(words, WAIT_S if deadline is None else min(WAIT_S, deadline - now))
+        else:  # every partition paused or backing off: nothing to wake us but time
+            time.sleep(max(0.0, min(retry_at, deadline if deadline is not None else retry_at) - now))
         return True
 
     # -- offsets ----------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""A remote consumer whose FETCH fails for a partition (its topic deleted) reports it and backs off
-(fetch.error.backoff.ms), as librdkafka does, instead of asking again in a hot loop; one with every
-partition paused sleeps instead of spinning."""
+"""A consumer whose partition's topic was deleted reports UNKNOWN_TOPIC_OR_PART and backs off
+(fetch.error.backoff.ms), as librdkafka does: the remote one instead of asking again in a hot loop,
+the local one instead of raising FileNotFoundError or saying nothing. One with every partition
+paused sleeps instead of spinning."""
 
 from __future__ import annotations
 
@@ -33,37 +34,45 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def test_a_deleted_topic_is_reported_and_fetched_at_the_backoff_pace(broker: BrokerProcess) -> None:
+@pytest.mark.parametrize("transport", ["shm", "zmq"])
+@pytest.mark.parametrize("behind", [True, False], ids=["behind", "caught-up"])
+def test_a_deleted_topic_is_reported_at_the_backoff_pace(
+    broker: BrokerProcess, transport: str, behind: bool
+) -> None:
     create(broker, "doomed")
     producer = Producer({"bootstrap.servers": broker.address})
     producer.produce("doomed", b"one", partition=0)
     assert producer.flush(10) == 0
     producer.close()
     consumer = Consumer(
-        {"bootstrap.servers": broker.address, "shmbroker.transport": "zmq", "fetch.error.backoff.ms": 200}
+        {"bootstrap.servers": broker.address, "shmbroker.transport": transport, "fetch.error.backoff.ms": 200}
     )
     try:
         consumer.assign([TopicPartition("doomed", 0, 0)])
-        first = consumer.poll(10)
-        assert first is not None and first.value() == b"one"
+        if not behind:
+            first = consumer.poll(10)
+            assert first is not None and first.value() == b"one"
         admin = AdminClient({"bootstrap.servers": broker.address})
         admin.delete_topics(["doomed"])["doomed"].result()
         admin.close()
         time.sleep(1.5)  # the router's metadata refresh (1 s) learns of it
         before = _fetch_requests(broker)
         errors = []
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), _cpu_s()
         while time.monotonic() - t0 < 2.0:
             message = consumer.poll(0.3)
             if message is not None:
                 assert message.error() is not None, message
                 errors.append(message.error().code())
+        cpu = _cpu_s() - cpu0
         time.sleep(1.2)  # the router writes its counters once a second
         asked = _fetch_requests(broker) - before
         assert errors and set(errors) == {KafkaError.UNKNOWN_TOPIC_OR_PART}
-        # One FETCH per 200-ms backoff (about 10 in 2 s; a hot loop asked ~1,400 a second).
-        assert asked <= 25, asked
+        # One report (and remotely one FETCH) per 200-ms backoff: about 10 in 2 s; a hot loop asked
+        # ~1,400 a second, and the local reader raised FileNotFoundError out of poll().
         assert len(errors) <= 25
+        assert asked <= 25, asked
+        assert cpu < 0.6, f"{cpu:.2f} s of CPU in 2 s of polling"
     finally:
         consumer.close()
 
