@@ -4,6 +4,7 @@ workers, even when the test fails."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -93,6 +95,16 @@ class BrokerProcess:
             time.sleep(0.05)
         raise AssertionError(f"no worker process titled {title!r}")
 
+    def status(self) -> dict[str, Any]:
+        """What ``shmbroker status --json`` says (counters, the router's included, processes, partitions)."""
+        out = subprocess.run(
+            [sys.executable, "-m", "shmbroker", "status", "--bootstrap", self.address, "--json",
+             "--interval-s", "0.1"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        status: dict[str, Any] = json.loads(out)
+        return status
+
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.process is None:
             return None
@@ -110,6 +122,18 @@ class BrokerProcess:
             except psutil.Error:
                 pass
         return self.process.returncode
+
+
+def produce_one(broker: BrokerProcess, topic: str, value: bytes, partition: int = 0) -> None:
+    """One record, acknowledged, through a Producer of its own."""
+    from shmbroker import Producer
+
+    producer = Producer({"bootstrap.servers": broker.address})
+    try:
+        producer.produce(topic, value, partition=partition)
+        assert producer.flush(10) == 0
+    finally:
+        producer.close()
 
 
 def shm_names() -> set[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
@@ -209,12 +208,7 @@ def test_watermarks_of_an_assigned_local_partition_come_from_its_control_block(b
 
 def _list_offsets_requests(broker: BrokerProcess) -> int:
     """LIST_OFFSETS requests the supervisor has answered so far (``shmbroker status --json``)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "shmbroker", "status", "--bootstrap", broker.address, "--json",
-         "--interval-s", "0.1"],
-        capture_output=True, text=True, timeout=30, check=True,
-    ).stdout  # fmt: skip
-    return int(json.loads(out)["counters"].get("requests.LIST_OFFSETS", 0))
+    return int(broker.status()["counters"].get("requests.LIST_OFFSETS", 0))
 
 
 def test_bad_input_gets_typed_errors_and_the_broker_keeps_serving(broker: BrokerProcess) -> None:

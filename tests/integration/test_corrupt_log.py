@@ -4,17 +4,14 @@ raise, loop or hand out its bytes; the broker keeps serving."""
 
 from __future__ import annotations
 
-import json
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from shmbroker import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from tests.integration.broker_fixture import BrokerProcess
+from tests.integration.broker_fixture import BrokerProcess, produce_one
 from tests.integration.test_broker import TRANSPORTS, create
 
 pytestmark = pytest.mark.integration
@@ -77,12 +74,7 @@ def _consumer(broker: BrokerProcess, transport: str, topic: str) -> Consumer:
 
 
 def _router_corrupt_errors(broker: BrokerProcess) -> int:
-    out = subprocess.run(
-        [sys.executable, "-m", "shmbroker", "status", "--bootstrap", broker.address, "--json",
-         "--interval-s", "0.1"],
-        capture_output=True, text=True, timeout=30, check=True,
-    ).stdout  # fmt: skip
-    return int(json.loads(out)["router"].get("counters", {}).get("errors.CORRUPT_MESSAGE", 0))
+    return int(broker.status()["router"].get("counters", {}).get("errors.CORRUPT_MESSAGE", 0))
 
 
 def _good(batch: int) -> list[tuple[int, object, object]]:
@@ -106,10 +98,7 @@ def test_a_batch_failing_its_crc_is_reported_once_and_skipped(broker: BrokerProc
     finally:
         consumer.close()
     # The broker keeps serving the partition: new records go after the damaged batch.
-    producer = Producer({"bootstrap.servers": broker.address})
-    producer.produce("rot", b"after", partition=0)
-    assert producer.flush(10) == 0
-    producer.close()
+    produce_one(broker, "rot", b"after")
     consumer = _consumer(broker, transport, "rot")
     try:
         consumer.seek(TopicPartition("rot", 0, BATCHES * PER_BATCH))
@@ -166,10 +155,7 @@ def test_an_unreadable_batch_header_is_reported_at_the_position_on_every_read(
             time.sleep(0.3)
         assert _router_corrupt_errors(broker) >= 3
     # The broker keeps serving: the partition still takes records, and its other readers still read.
-    producer = Producer({"bootstrap.servers": broker.address})
-    producer.produce("rothdr", b"after", partition=0)
-    assert producer.flush(10) == 0
-    producer.close()
+    produce_one(broker, "rothdr", b"after")
     consumer = _consumer(broker, transport, "rothdr")
     try:
         assert _poll_all(consumer, PER_BATCH) == _good(0)

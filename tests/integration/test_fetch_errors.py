@@ -5,28 +5,20 @@ paused sleeps instead of spinning."""
 
 from __future__ import annotations
 
-import json
 import resource
-import subprocess
-import sys
 import time
 
 import pytest
 
-from shmbroker import AdminClient, Consumer, KafkaError, Producer, TopicPartition
-from tests.integration.broker_fixture import BrokerProcess
+from shmbroker import AdminClient, Consumer, KafkaError, TopicPartition
+from tests.integration.broker_fixture import BrokerProcess, produce_one
 from tests.integration.test_broker import create
 
 pytestmark = pytest.mark.integration
 
 
 def _fetch_requests(broker: BrokerProcess) -> int:
-    out = subprocess.run(
-        [sys.executable, "-m", "shmbroker", "status", "--bootstrap", broker.address, "--json",
-         "--interval-s", "0.1"],
-        capture_output=True, text=True, timeout=30, check=True,
-    ).stdout  # fmt: skip
-    return int(json.loads(out)["counters"].get("requests.FETCH", 0))
+    return int(broker.status()["counters"].get("requests.FETCH", 0))
 
 
 def _cpu_s() -> float:
@@ -40,10 +32,7 @@ def test_a_deleted_topic_is_reported_at_the_backoff_pace(
     broker: BrokerProcess, transport: str, behind: bool
 ) -> None:
     create(broker, "doomed")
-    producer = Producer({"bootstrap.servers": broker.address})
-    producer.produce("doomed", b"one", partition=0)
-    assert producer.flush(10) == 0
-    producer.close()
+    produce_one(broker, "doomed", b"one")
     consumer = Consumer(
         {"bootstrap.servers": broker.address, "shmbroker.transport": transport, "fetch.error.backoff.ms": 200}
     )
