@@ -34,6 +34,7 @@ from shmbroker.client.types import (
     KafkaException,
     Message,
 )
+from shmbroker.errors import BrokerError
 
 # Errors worth sending the batch again for, until message.timeout.ms: the broker was busy or a
 # disk was full, not "this batch is bad" (a corrupt batch stays corrupt however often it is sent).
@@ -44,6 +45,9 @@ RETRY_CODES = frozenset({7, 13, 19, 20, 56, -195})
 # produce p99 from ~3.3 to ~2.2 ms (perf.run alternated, 6 runs each); batches sealed by batch.size or
 # batch.num.messages never wait for it, so throughput runs do not change.
 NATURAL_BATCHING_IN_FLIGHT = 1
+# A local batch unanswered this long makes the producer ask (once per interval) whether its topic
+# still exists: a lane's worker stops without a word when its topic is deleted.
+LANE_CHECK_S = 1.0
 # Plain uncompressed values at least this big on average are encoded straight into the lane's frame
 # when the batch is sent (records.encode_values_into): no batch-sized bytearray, one copy less. Below
 # it the per-record Python of the in-place encoder costs more than the join and the copy it saves.
@@ -93,6 +97,7 @@ class _Partition:
     backlog: deque[_Sealed] = field(default_factory=deque)  # sealed, not yet taken by the transport
     in_flight: dict[int, _Sealed] = field(default_factory=dict)  # sequence -> batch
     retry_at: float = 0.0  # after a retriable refusal, nothing is resent before this (retry.backoff.ms)
+    check_at: float = 0.0  # a local partition with old batches: when to ask next whether it still exists
 
 
 class Producer:
@@ -469,7 +474,7 @@ class Producer:
         linger_s = self._config.linger_ms / 1000
         timeout_s = self._config.message_timeout_ms / 1000
         now = time.monotonic()
-        for part in self._partitions.values():
+        for part in list(self._partitions.values()):  # _check_exists may forget one
             # Answers first: a batch answered while the caller slept frees its in-flight slot for
             # the lingering batch below in this same call (sealing first left a record produced after
             # a pause unsent until the next poll(): a whole pause of latency).
@@ -502,7 +507,51 @@ class Producer:
             if part.backlog:
                 self._send_backlog(part)
             served += self._expire(part, now)
+            if (
+                (part.in_flight or part.backlog)
+                and now >= part.check_at
+                and isinstance(part.transport, tx.LaneTransport)
+            ):
+                served += self._check_exists(part, now)
         return served
+
+    def _check_exists(self, part: _Partition, now: float) -> int:
+        """A local partition whose oldest batch waits past LANE_CHECK_S: if its topic (or the
+        partition) is gone, fail its batches with UNKNOWN_TOPIC_OR_PART now, as the remote path's
+        replies do, instead of at message.timeout.ms; forget it, so a new topic of that name gets a
+        new lane."""
+        waiting = [*part.in_flight.values(), *part.backlog]
+        if not waiting or now - min(b.created_s for b in waiting) < LANE_CHECK_S:
+            part.check_at = now + LANE_CHECK_S / 4
+            return 0
+        part.check_at = now + LANE_CHECK_S
+        try:
+            entry = self._transports.metadata([part.topic]).body["topics"][0]
+        except BrokerError:
+            return 0  # the broker itself is slow or away: message.timeout.ms decides
+        if not entry.get("error_code") and part.partition < int(entry.get("partitions", 0)):
+            return 0
+        error = KafkaError(
+            KafkaError.UNKNOWN_TOPIC_OR_PART, f"unknown topic or partition {part.topic}-{part.partition}"
+        )
+        self._seal(part)
+        served = 0
+        for sealed in [*part.in_flight.values(), *part.backlog]:
+            served += self._deliver(part, sealed, -1, error)
+        part.in_flight.clear()
+        part.backlog.clear()
+        self._forget(part)
+        return served
+
+    def _forget(self, part: _Partition) -> None:
+        self._partitions.pop((part.topic, part.partition), None)
+        self._topic_partitions.pop(part.topic, None)
+        self._sticky.pop(part.topic, None)
+        if self._last_part is part:
+            self._last_part = None
+        if part.transport in self._transports.transports:
+            self._transports.transports.remove(part.transport)
+        part.transport.close()
 
     def _expire(self, part: _Partition, now: float) -> int:
         """Fail batches older than message.timeout.ms (the broker never answered): _MSG_TIMED_OUT."""

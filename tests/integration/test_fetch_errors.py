@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import resource
 import time
+from typing import Any
 
 import pytest
 
-from shmbroker import AdminClient, Consumer, KafkaError, TopicPartition
+from shmbroker import AdminClient, Consumer, KafkaError, NewTopic, Producer, TopicPartition
 from tests.integration.broker_fixture import BrokerProcess, produce_one
 from tests.integration.test_broker import create
 
@@ -77,5 +78,42 @@ def test_a_remote_consumer_with_every_partition_paused_sleeps(broker: BrokerProc
         wall, cpu = time.monotonic() - wall0, _cpu_s() - cpu0
         assert wall >= 0.9  # it waited its timeout...
         assert cpu < 0.3 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s"  # ...asleep, not in a loop
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("transport", ["shm", "zmq"])
+def test_records_for_a_deleted_topic_fail_fast_and_a_new_topic_of_that_name_takes_records(
+    broker: BrokerProcess, transport: str
+) -> None:
+    """A local lane's worker stops without a word when its topic goes: the producer must not wait
+    message.timeout.ms (5 min by default) to say so; the remote path hears it in the reply."""
+    create(broker, "phoenix")
+    reports: list[Any] = []
+    producer = Producer({"bootstrap.servers": broker.address, "shmbroker.transport": transport})
+    try:
+        producer.produce("phoenix", b"first", partition=0, on_delivery=lambda e, m: reports.append(e))
+        assert producer.flush(10) == 0
+        admin = AdminClient({"bootstrap.servers": broker.address})
+        admin.delete_topics(["phoenix"])["phoenix"].result()
+        time.sleep(1.5)  # the router's metadata refresh (1 s) learns of it
+        t0 = time.monotonic()
+        producer.produce("phoenix", b"lost", partition=0, on_delivery=lambda e, m: reports.append(e))
+        assert producer.flush(10) == 0
+        assert time.monotonic() - t0 < 5.0
+        assert reports[0] is None
+        assert [e.code() for e in reports[1:]] == [KafkaError.UNKNOWN_TOPIC_OR_PART]
+        admin.create_topics([NewTopic("phoenix", 1)])["phoenix"].result()
+        admin.close()
+        producer.produce("phoenix", b"again", partition=0, on_delivery=lambda e, m: reports.append(e))
+        assert producer.flush(10) == 0
+        assert reports[2] is None  # stored: through a new lane to the new topic's worker
+    finally:
+        producer.close(5)
+    consumer = Consumer({"bootstrap.servers": broker.address, "shmbroker.transport": transport})
+    try:
+        consumer.assign([TopicPartition("phoenix", 0, 0)])
+        message = consumer.poll(10)
+        assert message is not None and message.error() is None and message.value() == b"again"
     finally:
         consumer.close()
