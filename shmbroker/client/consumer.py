@@ -21,6 +21,7 @@ were assigned. Not thread-safe (the group's heartbeat thread is the consumer's o
 from __future__ import annotations
 
 import gc
+import os
 import time
 from itertools import repeat
 from typing import Any
@@ -60,6 +61,12 @@ from shmbroker.ring import futex
 from shmbroker.ring.control import ControlReader, WorkerState
 
 WAIT_S = 0.002  # longest sleep on the event counters: bounds the cost of a missed wakeup
+LIVENESS_CHECK_S = 0.05  # an idle local partition: how often to look whether its worker is gone
+# A FETCH is answered by fetch.max.wait.ms at the latest; one unanswered this much later went to a
+# router that died (ZeroMQ reconnects without a word) and is asked again (was 30 s: a router or broker
+# restart stalled remote consumers that long).
+FETCH_REPLY_SLACK_S = 5.0
+REATTACH_TIMEOUT_S = 1.0  # asking a restarted broker for its new control block: poll() waits no longer
 
 
 class _Assigned:
@@ -71,6 +78,8 @@ class _Assigned:
         self.control: ControlReader | None = None
         self.paused = False
         self.retry_fetch_at = 0.0  # monotonic: a FETCH error backs this partition off until then
+        self.control_name = ""  # the shm name ``control`` was attached by
+        self.check_at = 0.0  # local, idle: when to look next whether its worker is still there
 
 
 def _high_watermark(part: _Assigned) -> int:
@@ -88,16 +97,24 @@ def _high_watermark(part: _Assigned) -> int:
 _UNDECODABLE = (CorruptRecordError, RecordTooLargeError, UnsupportedCompressionTypeError)
 
 
-def _deleted_locally(part: _Assigned) -> bool:
-    """Its worker stopped and its directory is gone: the topic was deleted (a broker shutdown stops
-    the worker but keeps the directory; a crashed worker never says STOPPING)."""
+def _worker_gone(part: _Assigned) -> bool:
+    """The partition's control block says its worker stopped (a deleted topic, a broker shut down)
+    or names a process that no longer exists (a broker killed whole). A worker the supervisor
+    restarts writes the same block again, so this is only true for a while then."""
     assert part.control is not None
-    assert part.reader is not None
     try:
-        stopping = part.control.read().state == WorkerState.STOPPING
+        snapshot = part.control.read()
     except BrokenError:
         return False
-    return stopping and not part.reader.directory.exists()
+    if snapshot.state == WorkerState.STOPPING:
+        return True
+    try:
+        os.kill(snapshot.worker_pid, 0)
+    except ProcessLookupError:
+        return snapshot.worker_pid > 0
+    except PermissionError:
+        pass  # another user's broker: alive
+    return False
 
 
 def _end_offset(view: memoryview, start: int) -> int:
@@ -155,7 +172,7 @@ class Consumer(GroupMixin):
         part = _Assigned(tp.topic, tp.partition, 0)
         if self._transports.local:
             part.reader = LogReader(info["directory"])
-            part.control = ControlReader.attach(info["control"])
+            part.control, part.control_name = ControlReader.attach(info["control"]), str(info["control"])
         self._assigned[(tp.topic, tp.partition)] = part
         part.position = self._resolve(part, tp.offset, info, committed)
         if committed is not None and part.position == committed:
@@ -450,11 +467,39 @@ class Consumer(GroupMixin):
                         continue
                     if view is not None:
                         out.append((part, view))
-                elif _deleted_locally(part):
-                    out.append((part, self._deleted(part, now)))
+                elif now >= part.check_at:
+                    part.check_at = now + LIVENESS_CHECK_S
+                    if _worker_gone(part):
+                        if not part.reader.directory.exists():  # its topic was deleted
+                            out.append((part, self._deleted(part, now)))
+                        else:  # the broker restarted: new control blocks; follow it
+                            self._reattach(part, now)
             return out
         fetchable = [p for p in active if p.retry_fetch_at <= now]
         return self._fetch_remote(fetchable, max_bytes) if fetchable else []
+
+    def _reattach(self, part: _Assigned, now: float) -> None:
+        """Map the partition's control block (and directory) anew, as the broker now names them;
+        while the broker is away, try again after fetch.error.backoff.ms."""
+        try:
+            info = self._transports.connection.call(
+                ApiKey.LIST_OFFSETS,
+                {"topic": part.topic, "partition": part.partition, "timestamp": -1},
+                timeout_s=REATTACH_TIMEOUT_S,
+            ).body
+        except BrokerError:
+            part.retry_fetch_at = now + self._config.fetch_error_backoff_ms / 1000
+            return
+        if info["control"] == part.control_name:
+            return  # the same block: its worker is being restarted and will write it again
+        assert part.control is not None
+        assert part.reader is not None
+        part.control.close()
+        part.reader.close()
+        part.control, part.control_name = ControlReader.attach(info["control"]), str(info["control"])
+        part.reader = LogReader(info["directory"])
+        if part.position > int(info["high_watermark"]):  # an unclean restart cut the tail we read
+            self._reset_out_of_range(part)
 
     def _deleted(self, part: _Assigned, now: float) -> BrokerError:
         """A local partition whose topic was deleted: reported as a remote FETCH would report it (and
@@ -471,7 +516,7 @@ class Consumer(GroupMixin):
         partial consume) is dropped."""
         positions = {(p.topic, p.partition): p.position for p in active}
         connection = self._transports.connection
-        timeout_s = self._config.fetch_max_wait_ms / 1000 + 30
+        timeout_s = self._config.fetch_max_wait_ms / 1000 + FETCH_REPLY_SLACK_S
         reply = None
         if self._prefetch is not None:
             cid, asked, asked_max = self._prefetch

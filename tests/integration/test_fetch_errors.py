@@ -6,7 +6,9 @@ paused sleeps instead of spinning."""
 from __future__ import annotations
 
 import resource
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -117,3 +119,38 @@ def test_records_for_a_deleted_topic_fail_fast_and_a_new_topic_of_that_name_take
         assert message is not None and message.error() is None and message.value() == b"again"
     finally:
         consumer.close()
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
+def test_consumers_follow_a_broker_restart(tmp_path: Path, free_port: int, kill: bool) -> None:
+    """A restarted broker names new control blocks (local) and answers on a new router (remote):
+    an assigned consumer of either kind keeps reading, the local one at once, the remote one after
+    its lost FETCH times out (fetch.max.wait.ms + 5 s), not after 30 s."""
+    broker = BrokerProcess(tmp_path / "data", free_port).start()
+    consumers: dict[str, Consumer] = {}
+    try:
+        create(broker, "lasting")
+        produce_one(broker, "lasting", b"before")
+        for transport in ("shm", "zmq"):
+            consumer = Consumer({"bootstrap.servers": broker.address, "shmbroker.transport": transport})
+            consumer.assign([TopicPartition("lasting", 0, 0)])
+            consumers[transport] = consumer
+            message = consumer.poll(10)
+            # The remote one sent its next FETCH with that reply (prefetch): parked at the router now.
+            assert message is not None and message.value() == b"before"
+        broker.stop(signal.SIGKILL if kill else signal.SIGTERM)
+        broker = BrokerProcess(tmp_path / "data", free_port).start()
+        produce_one(broker, "lasting", b"after")
+        for transport, limit_s in (("shm", 3.0), ("zmq", 9.0)):
+            t0 = time.monotonic()
+            message = None
+            while message is None and time.monotonic() - t0 < 20:
+                message = consumers[transport].poll(0.5)
+            waited = time.monotonic() - t0
+            assert message is not None, transport
+            assert (message.offset(), message.error(), message.value()) == (1, None, b"after"), transport
+            assert waited < limit_s, f"{transport}: {waited:.1f} s"
+    finally:
+        for consumer in consumers.values():
+            consumer.close()
+        broker.stop()
