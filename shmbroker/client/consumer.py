@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Iterator
 from itertools import repeat
 from typing import Any
 
@@ -115,6 +116,18 @@ def _worker_gone(part: _Assigned) -> bool:
     except PermissionError:
         pass  # another user's broker: alive
     return False
+
+
+def _batches_after(
+    view: memoryview | CorruptRecordError, position: int
+) -> Iterator[tuple[memoryview, records.BatchHeader]]:
+    """Each whole batch of a read that ends above ``position``, with its header; raises
+    CorruptRecordError at a header that does not read (or at once, for a read that was one)."""
+    if isinstance(view, CorruptRecordError):
+        raise view
+    for start, header in records.iter_batches(view):
+        if header.next_offset > position:
+            yield view[start : start + header.size_bytes], header
 
 
 def _end_offset(view: memoryview, start: int) -> int:
@@ -340,15 +353,9 @@ class Consumer(GroupMixin):
         if isinstance(view, BrokerError) and not isinstance(view, CorruptRecordError):
             return KafkaError.from_broker_error(view)
         try:
-            if isinstance(view, BrokerError):
-                raise view
-            for start, header in records.iter_batches(view):
-                if header.next_offset <= position:
-                    continue
+            for batch_view, header in _batches_after(view, position):
                 try:
-                    batch = records.decode_columnar(
-                        view[start : start + header.size_bytes], max_uncompressed_bytes=self._max_uncompressed
-                    )
+                    batch = records.decode_columnar(batch_view, max_uncompressed_bytes=self._max_uncompressed)
                 except _UNDECODABLE as exc:
                     part.position = header.next_offset
                     return _bad_error(part.topic, part.partition, header.base_offset, exc)
@@ -368,15 +375,9 @@ class Consumer(GroupMixin):
             )
             return
         try:
-            if isinstance(view, BrokerError):
-                raise view
-            for start, header in records.iter_batches(view):
-                if header.next_offset <= position:
-                    continue
+            for batch_view, header in _batches_after(view, position):
                 try:
-                    self._decode_batch(
-                        topic, partition, position, view[start : start + header.size_bytes], header
-                    )
+                    self._decode_batch(topic, partition, position, batch_view, header)
                 except _UNDECODABLE as exc:
                     self._ready.append(_bad_batch(topic, partition, header.base_offset, exc))
                 position = header.next_offset
