@@ -62,6 +62,7 @@ from shmbroker.ring import futex
 from shmbroker.ring.control import ControlReader, WorkerState
 
 WAIT_S = 0.002  # longest sleep on the event counters: bounds the cost of a missed wakeup
+IDLE_SLEEP_S = 0.05  # longest sleep with nothing to wait on (every partition paused or backing off)
 LIVENESS_CHECK_S = 0.05  # an idle local partition: how often to look whether its worker is gone
 # A FETCH is answered by fetch.max.wait.ms at the latest; one unanswered this much later went to a
 # router that died (ZeroMQ reconnects without a word) and is asked again (was 30 s: a router or broker
@@ -109,13 +110,23 @@ def _worker_gone(part: _Assigned) -> bool:
         return False
     if snapshot.state == WorkerState.STOPPING:
         return True
+    if snapshot.worker_pid <= 0:
+        return False  # not written yet
     try:
         os.kill(snapshot.worker_pid, 0)
     except ProcessLookupError:
-        return snapshot.worker_pid > 0
+        return True
     except PermissionError:
         pass  # another user's broker: alive
     return False
+
+
+def _nap(now: float, until: float, deadline: float | None) -> None:
+    """Sleep until ``until`` (or the deadline, if sooner), at most IDLE_SLEEP_S: for a consumer with
+    nothing that could wake it earlier."""
+    if deadline is not None:
+        until = min(until, deadline)
+    time.sleep(max(0.0, min(until - now, IDLE_SLEEP_S)))
 
 
 def _batches_after(
@@ -599,13 +610,10 @@ class Consumer(GroupMixin):
             # paused, or backing off after an error. Then sleep, not spin, until one may be asked.
             due = [p.retry_fetch_at for p in self._assigned.values() if not p.paused]
             if not due or min(due) > now:
-                until = min(due, default=now + WAIT_S * 25)
-                if deadline is not None:
-                    until = min(until, deadline)
-                time.sleep(max(0.0, min(until - now, 0.05)))
+                _nap(now, min(due, default=now + IDLE_SLEEP_S), deadline)
             return True
         words = []
-        retry_at = now + WAIT_S * 25
+        retry_at = now + IDLE_SLEEP_S
         for p in self._assigned.values():
             if p.control is None or p.paused:
                 continue
@@ -619,7 +627,7 @@ class Consumer(GroupMixin):
         if words:
             futex.wait_any(words, WAIT_S if deadline is None else min(WAIT_S, deadline - now))
         else:  # every partition paused or backing off: nothing to wake us but time
-            time.sleep(max(0.0, min(retry_at, deadline if deadline is not None else retry_at) - now))
+            _nap(now, retry_at, deadline)
         return True
 
     # -- offsets ----------------------------------------------------------------------------------------

@@ -520,9 +520,9 @@ class Producer:
         partition) is gone, fail its batches with UNKNOWN_TOPIC_OR_PART now, as the remote path's
         replies do, instead of at message.timeout.ms; forget it, so a new topic of that name gets a
         new lane."""
-        waiting = [*part.in_flight.values(), *part.backlog]
-        if not waiting or now - min(b.created_s for b in waiting) < LANE_CHECK_S:
-            part.check_at = now + LANE_CHECK_S / 4
+        oldest = min(b.created_s for b in (*part.in_flight.values(), *part.backlog))
+        if now - oldest < LANE_CHECK_S:
+            part.check_at = oldest + LANE_CHECK_S  # look again when that batch has waited long enough
             return 0
         part.check_at = now + LANE_CHECK_S
         try:
