@@ -33,6 +33,7 @@ its queueing delay (coordinated omission); `achieved_rate` shows when a peer cou
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing as mp
 import os
 import resource
@@ -49,6 +50,9 @@ Kind = Literal["throughput", "latency"]
 SIZES_DEFAULT: tuple[int, ...] = (100, 1024, 65536)
 SETUP_DEADLINE_S = 60.0  # children must be connected and ready within this
 STOP_GRACE_S = 10.0  # after timeout_s, how long a child gets to report before it is terminated
+MADV_POPULATE_WRITE = 23  # Linux 5.14+; Python 3.11's mmap module does not name it
+RECYCLE_SLACK_BYTES = 512 << 20  # the processes' own memory on top of the records' bytes
+RECYCLE_MAX_BYTES = 3 << 30
 
 
 @dataclass
@@ -308,6 +312,27 @@ def _child_entry(
         conn.close()
 
 
+def recycle_free_memory(nbytes: int) -> float:
+    """Touch `nbytes` of fresh anonymous memory and free it again; returns the seconds it took.
+
+    This VM returns free memory to its host (virtio-balloon free page reporting, ~2 s after a free),
+    and the first touch of such memory costs the host a page fault: measured here, os.write of 1 GiB
+    into a new file ran at ~650 MiB/s on reported memory and ~5.6 GB/s on memory freed just before.
+    Which state a run got depended on what the run before it freed and how long ago, so the same
+    scenario swung 15x between runs (os.write 64 KiB: 6.1k-88.7k records/s in one invocation). Every
+    run is released right after this, so each one writes into memory in the same (warm) state and a
+    ratio compares software, not the hypervisor's page faults.
+    """
+    nbytes = min(RECYCLE_MAX_BYTES, nbytes + RECYCLE_SLACK_BYTES)
+    t = time.monotonic()
+    try:
+        with mmap.mmap(-1, nbytes) as m:
+            m.madvise(MADV_POPULATE_WRITE)
+    except OSError:  # an older kernel: no claim about the memory state then
+        pass
+    return time.monotonic() - t
+
+
 def _stop_child(p: mp.process.BaseProcess, grace_s: float = 5.0) -> None:
     """Stop a child we started, by its pid: join, terminate, then kill."""
     p.join(grace_s)
@@ -375,6 +400,7 @@ def run_procs(
     server_procs = {name: psutil.Process(pid) for name, pid in (servers or {}).items()}
     server_cpu0: dict[str, float] = {}
     error: str | None = None
+    recycle_s = 0.0
     try:
         # One after the other: each role finishes its setup (e.g. the consumer binds or subscribes)
         # before the next starts, so a producer never races a consumer that is not there yet.
@@ -395,6 +421,7 @@ def run_procs(
             if rx.poll(0):  # reported already: that is an error report
                 outs[role] = rx.recv()
                 raise RuntimeError(f"{role} failed in setup")
+        recycle_s = recycle_free_memory(size_bytes * n_records)
         for name, sp in server_procs.items():
             server_cpu0[name] = cpu_seconds(sp)
         go.set()
@@ -444,6 +471,7 @@ def run_procs(
         pre = "" if o is last else f"{role}_"
         keep.update({f"{pre}{k}": v for k, v in o.items() if k not in _REPORT_KEYS})
     keep.update(extra or {})
+    keep["recycle_s"] = round(recycle_s, 3)
     return Result(
         scenario=scenario_name,
         size_bytes=size_bytes,
