@@ -315,13 +315,14 @@ def _child_entry(
 def recycle_free_memory(nbytes: int) -> float:
     """Touch `nbytes` of fresh anonymous memory and free it again; returns the seconds it took.
 
-    This VM returns free memory to its host (virtio-balloon free page reporting, ~2 s after a free),
-    and the first touch of such memory costs the host a page fault: measured here, os.write of 1 GiB
-    into a new file ran at ~650 MiB/s on reported memory and ~5.6 GB/s on memory freed just before.
-    Which state a run got depended on what the run before it freed and how long ago, so the same
-    scenario swung 15x between runs (os.write 64 KiB: 6.1k-88.7k records/s in one invocation). Every
-    run is released right after this, so each one writes into memory in the same (warm) state and a
-    ratio compares software, not the hypervisor's page faults.
+    This VM returns free memory to its host (virtio-balloon free page reporting), and the first
+    touch of such memory costs the host a page fault: os.write of 1 GiB into a new file ran at
+    ~650 MiB/s on reported memory and ~5.6 GB/s on memory freed just before. Which state a run got
+    depended on what the run before it freed and when, so one scenario swung 15x between runs
+    (os.write 64 KiB: 6.1k-88.7k records/s in one invocation). Every run is released right after
+    this, so it starts with the memory it will write warm. Not a guarantee: the kernel may hand some
+    back first (in 2 of 3 invocations the reference still ran cold), so read a 64-KiB cell with its
+    [min-max] (perf/README.md, "Memory state and core placement").
     """
     nbytes = min(RECYCLE_MAX_BYTES, nbytes + RECYCLE_SLACK_BYTES)
     t = time.monotonic()

@@ -54,9 +54,17 @@ N_REMOTE = {100: 1_000_000, 1024: 300_000, 65536: 10_000}
 class Broker:
     """A fresh broker in a child process, with one topic; stopped (SIGTERM, then SIGKILL) by pid."""
 
-    def __init__(self, partitions: int = 1, config: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, partitions: int = 1, config: dict[str, str] | None = None, broker_toml: str = ""
+    ) -> None:
         self.partitions, self.topic_config = partitions, config or {}
         self.dir = tempfile.mkdtemp(prefix="shmb-bench-")
+        self.config_args: list[str] = []
+        if broker_toml:  # a [broker] table for `serve --config`
+            path = os.path.join(self.dir, "broker.toml")
+            with open(path, "w") as f:
+                f.write("[broker]\n" + broker_toml)
+            self.config_args = ["--config", path]
         self.port = free_port()
         self.address = f"tcp://{HOST}:{self.port}"
         self.process: subprocess.Popen[str] | None = None
@@ -65,7 +73,8 @@ class Broker:
     def __enter__(self) -> Broker:
         started = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "shmbroker", "serve", "--data-dir", self.dir, "--listen", self.address],
+            [sys.executable, "-m", "shmbroker", "serve", "--data-dir", self.dir, "--listen", self.address,
+             *self.config_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
         ready = threading.Event()
@@ -134,6 +143,14 @@ class Broker:
                 except psutil.Error:
                     pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pinned_child(ctl: Ctl, cpus: list[int], role: str, **kw: Any) -> dict[str, Any]:
+    """Run a client role on `cpus` only (os.sched_setaffinity), so it never shares a core with the
+    pinned partition worker."""
+    os.sched_setaffinity(0, cpus)
+    fn = {"producer": producer_child, "consumer": consumer_child, "acked": acked_child}[role]
+    return fn(ctl, **kw)
 
 
 def _producer_conf(address: str, transport: str, codec: str, linger_ms: int = 5) -> dict[str, Any]:
@@ -305,8 +322,9 @@ def _run(
     rate: float | None = None,
     produce_only: bool = False,
     ack_latency: bool = False,
+    pinned: bool = False,
 ) -> Result:
-    with Broker() as broker:
+    with Broker(broker_toml='"cpu.affinity" = true\n' if pinned else "") as broker:
         kw_p = {
             "address": broker.address,
             "transport": transport,
@@ -327,15 +345,30 @@ def _run(
             # A produce-latency run only needs the end: a rare look keeps the broker's CPU for the producer.
             **({"poll_s": 0.05} if ack_latency else {}),
         }
+        producer: tuple[Any, dict[str, Any]] = (producer_child, kw_p)
+        consumer: tuple[Any, dict[str, Any]] = (
+            acked_child if produce_only or ack_latency else consumer_child,
+            kw_c,
+        )
+        extra = {"transport": transport, "codec": codec, "batch_api": batch, "rate": rate}
+        if pinned:
+            worker_cpus = {c for pid in broker.worker_pids() for c in psutil.Process(pid).cpu_affinity()}
+            client_cpus = sorted(set(range(os.cpu_count() or 1)) - worker_cpus)
+            if not client_cpus:
+                raise RuntimeError(f"no core left for the clients: workers on {sorted(worker_cpus)}")
+            role = "acked" if produce_only or ack_latency else "consumer"
+            producer = (pinned_child, {"cpus": client_cpus, "role": "producer", **kw_p})
+            consumer = (pinned_child, {"cpus": client_cpus, "role": role, **kw_c})
+            extra |= {"worker_cpus": sorted(worker_cpus), "client_cpus": client_cpus}
         return run_pair(
             name,
             size,
             n,
             timeout_s,
-            producer=(producer_child, kw_p),
-            consumer=(acked_child if produce_only or ack_latency else consumer_child, kw_c),
+            producer=producer,
+            consumer=consumer,
             servers=broker.servers(),
-            extra={"transport": transport, "codec": codec, "batch_api": batch, "rate": rate},
+            extra=extra,
         )
 
 
@@ -380,6 +413,22 @@ _register(
     "Remote e2e over ZeroMQ (tcp loopback), produce()/consume(); acks=1.",
     N_REMOTE,
     transport="zmq",
+)
+_register(
+    "shmbroker-local-pinned",
+    "As shmbroker-local with the broker's cpu.affinity = true (the partition worker pinned to one core) "
+    "and both clients pinned to the other cores (os.sched_setaffinity): no client shares the worker's core.",
+    N_LOCAL,
+    transport="shm",
+    pinned=True,
+)
+_register(
+    "shmbroker-local-batch-pinned",
+    "As shmbroker-local-batch, pinned as shmbroker-local-pinned.",
+    N_BATCH,
+    transport="shm",
+    batch=True,
+    pinned=True,
 )
 _register("shmbroker-remote-lz4", "As shmbroker-remote with lz4.", N_REMOTE, transport="zmq", codec="lz4")
 _register(
