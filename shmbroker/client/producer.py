@@ -46,8 +46,12 @@ RETRY_CODES = frozenset({7, 13, 19, 20, 56, -195})
 # batch.num.messages never wait for it, so throughput runs do not change.
 NATURAL_BATCHING_IN_FLIGHT = 1
 # A local batch unanswered this long makes the producer ask (once per interval) whether its topic
-# still exists: a lane's worker stops without a word when its topic is deleted.
+# still exists (a lane's worker stops without a word when its topic is deleted) and whether the broker
+# still serves its lane (it died with a broker restart: take a new one and resend).
 LANE_CHECK_S = 1.0
+# How long poll()/flush() wait for that check's answer: a local broker answers in well under a ms, and
+# one that is down must not hold the caller for request.timeout.ms (it did: 30 s, then a raise).
+LANE_PROBE_TIMEOUT_S = 0.25
 # Plain uncompressed values at least this big on average are encoded straight into the lane's frame
 # when the batch is sent (records.encode_values_into): no batch-sized bytearray, one copy less. Below
 # it the per-record Python of the in-place encoder costs more than the join and the copy it saves.
@@ -526,11 +530,11 @@ class Producer:
             return 0
         part.check_at = now + LANE_CHECK_S
         try:
-            entry = self._transports.metadata([part.topic]).body["topics"][0]
-        except BrokerError:
-            return 0  # the broker itself is slow or away: message.timeout.ms decides
+            entry = self._transports.metadata([part.topic], timeout_s=LANE_PROBE_TIMEOUT_S).body["topics"][0]
+        except KafkaException:
+            return 0  # the broker itself is slow or away (restarting?): look again in LANE_CHECK_S
         if not entry.get("error_code") and part.partition < int(entry.get("partitions", 0)):
-            return 0
+            return self._check_lane(part)
         error = KafkaError(
             KafkaError.UNKNOWN_TOPIC_OR_PART, f"unknown topic or partition {part.topic}-{part.partition}"
         )
@@ -542,6 +546,31 @@ class Producer:
         part.backlog.clear()
         self._forget(part)
         return served
+
+    def _check_lane(self, part: _Partition) -> int:
+        """The topic exists; if the broker restarted, our lane died with it: take a new lane with the
+        same producer id and resend every unanswered batch, byte for byte, ahead of the backlog. The
+        new worker knows the ones its predecessor appended from the log's tail (their original
+        offsets come back) and appends the rest once."""
+        old = part.transport
+        try:
+            new = self._transports.reopen(old, timeout_s=LANE_PROBE_TIMEOUT_S)
+        except BrokerError:
+            return 0  # the broker is still starting: look again in LANE_CHECK_S
+        if new is None:
+            return 0  # same lane, a slow worker: message.timeout.ms decides
+        part.transport = new
+        resend = [part.in_flight[s] for s in sorted(part.in_flight)]
+        part.in_flight.clear()
+        part.retry_at = 0.0
+        if new.producer_id != old.producer_id:  # could not keep the id: a resend might append twice
+            error = KafkaError(
+                KafkaError._TRANSPORT, "the broker restarted; these records may or may not have been stored"
+            )
+            return sum(self._deliver(part, sealed, -1, error) for sealed in resend)
+        part.backlog.extendleft(reversed(resend))
+        self._send_backlog(part)
+        return 0
 
     def _forget(self, part: _Partition) -> None:
         self._partitions.pop((part.topic, part.partition), None)

@@ -110,6 +110,10 @@ class LaneTransport:
     def forget(self, sequence: int) -> None:
         pass
 
+    def abandon(self) -> None:
+        """Unmap a lane the broker no longer serves (it died with an earlier broker), without asking."""
+        self._lane.close()
+
     def close(self) -> None:
         self._lane.close()
         try:
@@ -311,6 +315,29 @@ class TransportFactory:
             )
         self.transports.append(transport)
         return transport
+
+    def reopen(self, old: LaneTransport, *, timeout_s: float | None = None) -> LaneTransport | None:
+        """None while the broker still serves `old`'s lane; else a new lane with `old`'s producer id
+        (when the broker could give it again) whose sequences go on from `old`'s. Raises BrokerError
+        when the broker does not answer."""
+        reply = self.connection.call(
+            ApiKey.OPEN_LANE,
+            {
+                "topic": old.topic,
+                "partition": old.partition,
+                "pid": os.getpid(),
+                "lane": old.lane_name,
+                "producer_id": old.producer_id,
+            },
+            timeout_s=timeout_s,
+        )
+        if reply.body["lane"] == old.lane_name:
+            return None
+        new = LaneTransport(self, old.topic, old.partition, reply)
+        new._next_sequence = old._next_sequence
+        self.transports[self.transports.index(old)] = new
+        old.abandon()
+        return new
 
     def pump(self, timeout_s: float) -> int:
         """Route every reply that has arrived (waiting up to ``timeout_s`` for the first)."""

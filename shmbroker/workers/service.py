@@ -264,7 +264,16 @@ class BrokerService:
         pid = field_of(request.body, "pid", int)
         if not psutil.pid_exists(pid):
             raise InvalidRequestError(f"pid {pid} does not exist on this host")
-        lane = self.supervisor.open_lane(slot.topic, slot.partition, pid)
+        # A producer whose lane died with an earlier broker asks again with that lane and its
+        # producer id: the lane it still has, if this broker serves it, else a new lane with the same
+        # id, so the batches it resends are deduplicated against the log's tail (partition.py).
+        known = request.body.get("lane")
+        lane = slot.lanes.get(known) if isinstance(known, str) else None
+        if lane is None or lane.pid != pid:
+            wanted = request.body.get("producer_id")
+            lane = self.supervisor.open_lane(
+                slot.topic, slot.partition, pid, producer_id=wanted if isinstance(wanted, int) else None
+            )
         return protocol.encode_reply(
             request,
             {

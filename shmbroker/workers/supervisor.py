@@ -465,20 +465,38 @@ class Supervisor:
         self._next_producer_id += 1
         return self._next_producer_id
 
-    def open_lane(self, topic: str, partition_id: int, pid: int, *, trusted: bool = False) -> LaneRecord:
+    def open_lane(
+        self,
+        topic: str,
+        partition_id: int,
+        pid: int,
+        *,
+        trusted: bool = False,
+        producer_id: int | None = None,
+    ) -> LaneRecord:
+        """A new lane for `pid`. `producer_id`: the id of the caller's lane that died with an earlier
+        broker; it is given again unless a live lane holds it (then a new one: the caller cannot have
+        its resent batches deduplicated and says so to its callbacks)."""
         slot = self.slots[(topic, partition_id)]
+        if producer_id is None or not 0 <= producer_id < 1 << 62 or self._producer_id_in_use(producer_id):
+            producer_id = self.new_producer_id()
+        else:
+            self._next_producer_id = max(self._next_producer_id, producer_id)
         name, block = create_lane(
             self.config.lane_bytes,
             partition_id=partition_id,
             control_name=slot.control.name,
             name=self._new_registered_name(),
         )
-        lane = LaneRecord(
-            name, topic, partition_id, self.new_producer_id(), pid, _create_time(pid), block, trusted
-        )
+        lane = LaneRecord(name, topic, partition_id, producer_id, pid, _create_time(pid), block, trusted)
         slot.lanes[name] = lane
         slot.send("attach", name, lane.producer_id, pid, trusted)
         return lane
+
+    def _producer_id_in_use(self, producer_id: int) -> bool:
+        return any(
+            lane.producer_id == producer_id for slot in self.slots.values() for lane in slot.lanes.values()
+        )
 
     def close_lane(self, slot: PartitionSlot, name: str) -> None:
         lane = slot.lanes.pop(name, None)

@@ -139,6 +139,35 @@ def test_remote_and_lane_producer_ids_differ(broker: BrokerProcess) -> None:
         client.close()
 
 
+def test_open_lane_gives_a_dead_lanes_producer_id_again_but_never_a_live_ones(broker: BrokerProcess) -> None:
+    """What a producer whose lane died with an earlier broker asks for (test_producer_restart.py)."""
+    import os
+
+    create(broker.address, "reids")
+    client = RawClient(broker.address)
+    where = {"topic": "reids", "partition": 0, "pid": os.getpid()}
+    try:
+        first = client.call(ApiKey.OPEN_LANE, where).body
+        # Its own live lane named: that lane, nothing new.
+        again = client.call(ApiKey.OPEN_LANE, {**where, "lane": first["lane"], "producer_id": 7}).body
+        assert (again["lane"], again["producer_id"]) == (first["lane"], first["producer_id"])
+        # A lane this broker does not know, with an unused id: a new lane with that id.
+        dead_id = first["producer_id"] - 1000
+        revived = client.call(ApiKey.OPEN_LANE, {**where, "lane": "shmb-gone", "producer_id": dead_id}).body
+        assert revived["lane"] != first["lane"] and revived["producer_id"] == dead_id
+        # The id of a live lane is never handed out twice.
+        taken = client.call(ApiKey.OPEN_LANE, {**where, "producer_id": first["producer_id"]}).body
+        assert taken["producer_id"] not in (first["producer_id"], dead_id)
+        for bad in (-5, 1 << 63, "x"):
+            odd = client.call(ApiKey.OPEN_LANE, {**where, "producer_id": bad}).body
+            assert odd["producer_id"] not in (bad, first["producer_id"], dead_id)
+            client.call(ApiKey.CLOSE_LANE, {"topic": "reids", "partition": 0, "lane": odd["lane"]})
+        for lane in (first, revived, taken):
+            client.call(ApiKey.CLOSE_LANE, {"topic": "reids", "partition": 0, "lane": lane["lane"]})
+    finally:
+        client.close()
+
+
 def test_resent_remote_batch_is_deduplicated_after_a_broker_restart(tmp_path: Path, free_port: int) -> None:
     data = tmp_path / "data"
     broker = BrokerProcess(data, free_port).start()

@@ -1,0 +1,87 @@
+"""A local producer across a whole broker restart (supervisor and workers, SIGTERM or SIGKILL).
+
+Its lane dies with the old broker. Once the new broker answers, the producer takes a new lane with
+the same producer id and resends every unanswered batch as it was; the new worker answers those its
+predecessor appended with their original offsets (deduplicated from the log's tail) and appends the
+rest once. Counted: every record reported delivered, none lost, none twice, offsets dense, each
+delivery report's offset the record's stored offset.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shmbroker import Consumer, KafkaError, Producer, TopicPartition
+from tests.integration.broker_fixture import BrokerProcess
+from tests.integration.test_broker import create
+
+BEFORE, DURING, AFTER = 2000, 600, 400
+RESUME_LIMIT_S = 10.0  # restart to every record delivered: LANE_CHECK_S + a lane, not message.timeout.ms
+
+
+def read_all(address: str, topic: str, n: int, timeout_s: float = 30.0) -> list[Any]:
+    consumer = Consumer({"bootstrap.servers": address, "shmbroker.transport": "shm"})
+    out: list[Any] = []
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        deadline = time.monotonic() + timeout_s
+        while len(out) < n and time.monotonic() < deadline:
+            out += [m for m in consumer.consume(1000, 0.5) if m.error() is None]
+        time.sleep(0.3)  # anything past n would be a duplicate: give it the chance to show
+        out += [m for m in consumer.consume(1000, 0.5) if m.error() is None]
+    finally:
+        consumer.close()
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_local_producer_resends_across_a_broker_restart(tmp_path: Path, free_port: int, sig: int) -> None:
+    broker = BrokerProcess(tmp_path / "data", free_port).start()
+    reports: dict[bytes, tuple[int, int | None]] = {}  # value -> (offset, error code or None)
+
+    def on_delivery(err: KafkaError | None, msg: Any) -> None:
+        reports[msg.value()] = (msg.offset(), None if err is None else err.code())
+
+    producer = Producer(
+        {"bootstrap.servers": broker.address, "shmbroker.transport": "shm", "linger.ms": 2,
+         "batch.num.messages": 50, "message.timeout.ms": 60000}
+    )  # fmt: skip
+    values = [b"r%06d" % i for i in range(BEFORE + DURING + AFTER)]
+    try:
+        create(broker, "bounce")
+        for v in values[:BEFORE]:
+            producer.produce("bounce", v, partition=0, on_delivery=on_delivery)
+        assert producer.flush(10) == 0
+        for v in values[BEFORE : BEFORE + DURING]:  # in flight or queued when the broker goes
+            producer.produce("bounce", v, partition=0, on_delivery=on_delivery)
+        producer.poll(0)
+        broker.stop(sig)
+        for v in values[BEFORE + DURING :]:  # into the dead lane
+            producer.produce("bounce", v, partition=0, on_delivery=on_delivery)
+        t0 = time.monotonic()
+        producer.poll(1.5)  # the producer looks (LANE_CHECK_S) while no broker answers
+        assert time.monotonic() - t0 < 3.0, "poll() was held by the missing broker"
+        broker = BrokerProcess(tmp_path / "data", free_port).start()
+        t0 = time.monotonic()
+        assert producer.flush(30) == 0
+        resumed_s = time.monotonic() - t0
+    finally:
+        producer.close(5)
+    try:
+        assert len(reports) == len(values)
+        failed = {v: r for v, r in reports.items() if r[1] is not None}
+        assert not failed, list(failed.items())[:5]
+        assert resumed_s < RESUME_LIMIT_S, f"{resumed_s:.1f} s"
+        stored = read_all(broker.address, "bounce", len(values))
+        assert [m.offset() for m in stored] == list(range(len(stored))), "offsets not dense"
+        stored_values = [m.value() for m in stored]
+        assert len(stored_values) == len(set(stored_values)), "a record stored twice"
+        assert stored_values == values, "lost, foreign or reordered records"
+        assert {m.value(): m.offset() for m in stored} == {v: r[0] for v, r in reports.items()}
+    finally:
+        broker.stop()
