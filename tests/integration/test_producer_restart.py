@@ -41,7 +41,16 @@ def read_all(address: str, topic: str, n: int, timeout_s: float = 30.0) -> list[
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_local_producer_resends_across_a_broker_restart(tmp_path: Path, free_port: int, sig: int) -> None:
-    broker = BrokerProcess(tmp_path / "data", free_port).start()
+    brokers = [BrokerProcess(tmp_path / "data", free_port).start()]  # every one stopped at the end
+    try:
+        run_across_restart(brokers, tmp_path, free_port, sig)
+    finally:
+        for broker in brokers:
+            broker.stop()
+
+
+def run_across_restart(brokers: list[BrokerProcess], tmp_path: Path, free_port: int, sig: int) -> None:
+    broker = brokers[0]
     reports: dict[bytes, tuple[int, int | None]] = {}  # value -> (offset, error code or None)
 
     def on_delivery(err: KafkaError | None, msg: Any) -> None:
@@ -67,21 +76,19 @@ def test_local_producer_resends_across_a_broker_restart(tmp_path: Path, free_por
         producer.poll(1.5)  # the producer looks (LANE_CHECK_S) while no broker answers
         assert time.monotonic() - t0 < 3.0, "poll() was held by the missing broker"
         broker = BrokerProcess(tmp_path / "data", free_port).start()
+        brokers.append(broker)
         t0 = time.monotonic()
         assert producer.flush(30) == 0
         resumed_s = time.monotonic() - t0
     finally:
         producer.close(5)
-    try:
-        assert len(reports) == len(values)
-        failed = {v: r for v, r in reports.items() if r[1] is not None}
-        assert not failed, list(failed.items())[:5]
-        assert resumed_s < RESUME_LIMIT_S, f"{resumed_s:.1f} s"
-        stored = read_all(broker.address, "bounce", len(values))
-        assert [m.offset() for m in stored] == list(range(len(stored))), "offsets not dense"
-        stored_values = [m.value() for m in stored]
-        assert len(stored_values) == len(set(stored_values)), "a record stored twice"
-        assert stored_values == values, "lost, foreign or reordered records"
-        assert {m.value(): m.offset() for m in stored} == {v: r[0] for v, r in reports.items()}
-    finally:
-        broker.stop()
+    assert len(reports) == len(values)
+    failed = {v: r for v, r in reports.items() if r[1] is not None}
+    assert not failed, list(failed.items())[:5]
+    assert resumed_s < RESUME_LIMIT_S, f"{resumed_s:.1f} s"
+    stored = read_all(broker.address, "bounce", len(values))
+    assert [m.offset() for m in stored] == list(range(len(stored))), "offsets not dense"
+    stored_values = [m.value() for m in stored]
+    assert len(stored_values) == len(set(stored_values)), "a record stored twice"
+    assert stored_values == values, "lost, foreign or reordered records"
+    assert {m.value(): m.offset() for m in stored} == {v: r[0] for v, r in reports.items()}
