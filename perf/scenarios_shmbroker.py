@@ -145,12 +145,13 @@ class Broker:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def pinned_child(ctl: Ctl, cpus: list[int], role: str, **kw: Any) -> dict[str, Any]:
-    """Run a client role on `cpus` only (os.sched_setaffinity), so it never shares a core with the
-    pinned partition worker."""
+def pinned_child(ctl: Ctl, cpus: list[int], child: str, **kw: Any) -> dict[str, Any]:
+    """Run the child function named `child` (one of this module's) on `cpus` only
+    (os.sched_setaffinity), so it never shares a core with the pinned partition worker."""
     os.sched_setaffinity(0, cpus)
-    fn = {"producer": producer_child, "consumer": consumer_child, "acked": acked_child}[role]
-    return fn(ctl, **kw)
+    fn: Any = globals()[child]
+    result: dict[str, Any] = fn(ctl, **kw)
+    return result
 
 
 def _producer_conf(address: str, transport: str, codec: str, linger_ms: int = 5) -> dict[str, Any]:
@@ -356,9 +357,10 @@ def _run(
             client_cpus = sorted(set(range(os.cpu_count() or 1)) - worker_cpus)
             if not client_cpus:
                 raise RuntimeError(f"no core left for the clients: workers on {sorted(worker_cpus)}")
-            role = "acked" if produce_only or ack_latency else "consumer"
-            producer = (pinned_child, {"cpus": client_cpus, "role": "producer", **kw_p})
-            consumer = (pinned_child, {"cpus": client_cpus, "role": role, **kw_c})
+            producer, consumer = (
+                (pinned_child, {"cpus": client_cpus, "child": fn.__name__, **kw})
+                for fn, kw in (producer, consumer)
+            )
             extra |= {"worker_cpus": sorted(worker_cpus), "client_cpus": client_cpus}
         return run_pair(
             name,
