@@ -111,6 +111,7 @@ class Producer:
             self._config.common, idempotent=self._config.enable_idempotence
         )
         self._partitions: dict[tuple[str, int], _Partition] = {}
+        self._broker_silent_s = -LANE_CHECK_S  # when a lane check last got no answer: one wait per interval
         self._last_part: _Partition | None = None  # produce()'s fast path: the partition it last filled
         self._topic_partitions: dict[str, int] = {}
         self._sticky: dict[str, int] = {}
@@ -529,9 +530,12 @@ class Producer:
             part.check_at = oldest + LANE_CHECK_S  # look again when that batch has waited long enough
             return 0
         part.check_at = now + LANE_CHECK_S
+        if now - self._broker_silent_s < LANE_CHECK_S:
+            return 0  # another partition's check just waited for the broker in vain: not each of them
         try:
             entry = self._transports.metadata([part.topic], timeout_s=LANE_PROBE_TIMEOUT_S).body["topics"][0]
         except KafkaException:
+            self._broker_silent_s = now
             return 0  # the broker itself is slow or away (restarting?): look again in LANE_CHECK_S
         if not entry.get("error_code") and part.partition < int(entry.get("partitions", 0)):
             return self._check_lane(part)
@@ -556,6 +560,7 @@ class Producer:
         try:
             new = self._transports.reopen(old, timeout_s=LANE_PROBE_TIMEOUT_S)
         except BrokerError:
+            self._broker_silent_s = time.monotonic()
             return 0  # the broker is still starting: look again in LANE_CHECK_S
         if new is None:
             return 0  # same lane, a slow worker: message.timeout.ms decides

@@ -148,3 +148,35 @@ def test_local_producer_under_load_across_repeated_broker_kills(tmp_path: Path, 
     finally:
         for broker in brokers:
             broker.stop()
+
+
+def test_a_missing_broker_holds_poll_once_per_interval_not_once_per_partition(
+    tmp_path: Path, free_port: int
+) -> None:
+    """With the broker away, each partition with old batches would ask it (0.25 s each): with 8
+    partitions that was 2 s of every second inside poll(). One silent answer now stands for all."""
+    partitions = 8
+    brokers = [BrokerProcess(tmp_path / "data", free_port).start()]
+    reports: list[int | None] = []
+    try:
+        create(brokers[0], "wide", partitions=partitions)
+        producer = Producer({"bootstrap.servers": brokers[0].address, "shmbroker.transport": "shm"})
+        try:
+            for p in range(partitions):  # opens every lane
+                producer.produce("wide", b"first", partition=p)
+            assert producer.flush(10) == 0
+            brokers[0].stop(signal.SIGKILL)
+            for p in range(partitions):
+                producer.produce("wide", b"second", partition=p, on_delivery=lambda e, m: reports.append(e))
+            t0 = time.monotonic()
+            producer.poll(4.0)  # a few check intervals; one wait per interval adds <= 0.25 s
+            held_s = time.monotonic() - t0
+            assert held_s < 4.6, f"poll(4.0) took {held_s:.2f} s"  # once per partition: >= 5 s
+            brokers.append(BrokerProcess(tmp_path / "data", free_port).start())
+            assert producer.flush(20) == 0
+        finally:
+            producer.close(5)
+        assert reports == [None] * partitions
+    finally:
+        for broker in brokers:
+            broker.stop()
