@@ -136,5 +136,16 @@ def produce_one(broker: BrokerProcess, topic: str, value: bytes, partition: int 
         producer.close()
 
 
+def remove_registered_shm(data_dir: Path) -> None:
+    """After every broker of `data_dir` stopped: unlink what a SIGKILLed one left, as the next broker's
+    start would (the registry lists its names), for a test that fails before it restarts one."""
+    from shmbroker.workers.supervisor import REGISTRY_FILE, unlink_name
+
+    registry = data_dir / REGISTRY_FILE
+    if registry.exists():
+        for name in registry.read_text().split():
+            unlink_name(name)
+
+
 def shm_names() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if "shmb-" in n}

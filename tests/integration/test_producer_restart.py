@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from shmbroker import Consumer, KafkaError, Producer, TopicPartition
-from tests.integration.broker_fixture import BrokerProcess
+from tests.integration.broker_fixture import BrokerProcess, remove_registered_shm
 from tests.integration.test_broker import create
 
 BEFORE, DURING, AFTER = 2000, 600, 400
@@ -47,6 +47,7 @@ def test_local_producer_resends_across_a_broker_restart(tmp_path: Path, free_por
     finally:
         for broker in brokers:
             broker.stop()
+        remove_registered_shm(tmp_path / "data")
 
 
 def run_across_restart(brokers: list[BrokerProcess], tmp_path: Path, free_port: int, sig: int) -> None:
@@ -148,6 +149,7 @@ def test_local_producer_under_load_across_repeated_broker_kills(tmp_path: Path, 
     finally:
         for broker in brokers:
             broker.stop()
+        remove_registered_shm(tmp_path / "data")
 
 
 def test_a_missing_broker_holds_poll_once_per_interval_not_once_per_partition(
@@ -180,3 +182,4 @@ def test_a_missing_broker_holds_poll_once_per_interval_not_once_per_partition(
     finally:
         for broker in brokers:
             broker.stop()
+        remove_registered_shm(tmp_path / "data")
