@@ -538,7 +538,7 @@ class Producer:
             self._broker_silent_s = now
             return 0  # the broker itself is slow or away (restarting?): look again in LANE_CHECK_S
         if not entry.get("error_code") and part.partition < int(entry.get("partitions", 0)):
-            return self._check_lane(part)
+            return self._check_lane(part, now)
         error = KafkaError(
             KafkaError.UNKNOWN_TOPIC_OR_PART, f"unknown topic or partition {part.topic}-{part.partition}"
         )
@@ -551,7 +551,7 @@ class Producer:
         self._forget(part)
         return served
 
-    def _check_lane(self, part: _Partition) -> int:
+    def _check_lane(self, part: _Partition, now: float) -> int:
         """The topic exists; if the broker restarted, our lane died with it: take a new lane with the
         same producer id and resend every unanswered batch, byte for byte, ahead of the backlog. The
         new worker knows the ones its predecessor appended from the log's tail (their original
@@ -560,7 +560,7 @@ class Producer:
         try:
             new = self._transports.reopen(old, timeout_s=LANE_PROBE_TIMEOUT_S)
         except BrokerError:
-            self._broker_silent_s = time.monotonic()
+            self._broker_silent_s = now
             return 0  # the broker is still starting: look again in LANE_CHECK_S
         if new is None:
             return 0  # same lane, a slow worker: message.timeout.ms decides

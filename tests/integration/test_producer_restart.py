@@ -16,27 +16,12 @@ from typing import Any
 
 import pytest
 
-from shmbroker import Consumer, KafkaError, Producer, TopicPartition
+from shmbroker import KafkaError, Producer
 from tests.integration.broker_fixture import BrokerProcess, remove_registered_shm
-from tests.integration.test_broker import create
+from tests.integration.test_broker import create, read_all
 
 BEFORE, DURING, AFTER = 2000, 600, 400
 RESUME_LIMIT_S = 10.0  # restart to every record delivered: LANE_CHECK_S + a lane, not message.timeout.ms
-
-
-def read_all(address: str, topic: str, n: int, timeout_s: float = 30.0) -> list[Any]:
-    consumer = Consumer({"bootstrap.servers": address, "shmbroker.transport": "shm"})
-    out: list[Any] = []
-    try:
-        consumer.assign([TopicPartition(topic, 0, 0)])
-        deadline = time.monotonic() + timeout_s
-        while len(out) < n and time.monotonic() < deadline:
-            out += [m for m in consumer.consume(1000, 0.5) if m.error() is None]
-        time.sleep(0.3)  # anything past n would be a duplicate: give it the chance to show
-        out += [m for m in consumer.consume(1000, 0.5) if m.error() is None]
-    finally:
-        consumer.close()
-    return out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -87,7 +72,7 @@ def run_across_restart(brokers: list[BrokerProcess], tmp_path: Path, free_port: 
     failed = {v: r for v, r in reports.items() if r[1] is not None}
     assert not failed, list(failed.items())[:5]
     assert resumed_s < RESUME_LIMIT_S, f"{resumed_s:.1f} s"
-    stored = read_all(broker.address, "bounce", len(values))
+    stored = read_all(broker, "bounce", [0], len(values), transport="shm")
     assert [m.offset() for m in stored] == list(range(len(stored))), "offsets not dense"
     stored_values = [m.value() for m in stored]
     assert len(stored_values) == len(set(stored_values)), "a record stored twice"
@@ -142,7 +127,7 @@ def test_local_producer_under_load_across_repeated_broker_kills(tmp_path: Path, 
             producer.close(5)
         failed = {v: rep for v, rep in reports.items() if rep[1] is not None}
         assert len(reports) == len(values) and not failed, list(failed.items())[:5]
-        stored = read_all(brokers[-1].address, "storm", len(values))
+        stored = read_all(brokers[-1], "storm", [0], len(values), transport="shm")
         assert [m.offset() for m in stored] == list(range(len(stored))), "offsets not dense"
         assert [m.value() for m in stored] == values, "lost, doubled or reordered records"
         assert all(reports[m.value()][0] == m.offset() for m in stored)
