@@ -26,6 +26,7 @@ Little-endian, 448 bytes::
        328    8 isr_followers: followers in the ISR     | the replicator (leader role), the only
        336    8 isr_min_leo: their smallest log end    /  writer; the worker reads them
        384    4 readers' event counter (u32, futex)    worker; readers sleep on it
+       388    4 readers' wait announcements (u32)      readers: +1 before each wait
        448      end
 
 Seqlock: the single writer makes ``seq`` odd, stores the snapshot, makes ``seq`` even again (x86-64
@@ -44,9 +45,18 @@ high watermark, the router for its completions and parked fetches): after every 
 published or completed anything, the worker adds 1 and wakes every sleeper on the word
 (``ring/futex.py``, a shared futex). A reader loads the counter *before* it checks for new data and
 sleeps only while the counter still holds that value, so it cannot sleep through an event that came
-after its check. Readers only read the word, so a reader killed at any instruction leaves nothing
-behind (the kernel forgets a dead sleeper), and every sleep is bounded by the reader's timeout, so a
-dead or restarting worker costs readers one timeout per wait, never a hang.
+after its check. Every sleep is bounded by the reader's timeout, so a dead or restarting worker costs
+readers one timeout per wait, never a hang.
+
+The wake is a futex syscall, ~4 us on this VM, and most turns have nobody asleep (a producer-only
+partition, a consumer that is busy reading). So a reader also adds 1 to the announcement word when
+it loads the counter to wait (``events()``), and the worker wakes only when that word moved since its
+last wake: bump the counter, fence, load the word (the same store-then-load pairing as doorbell.py,
+each side storing before it loads the other's word). Two readers adding at once may lose one of the
+two adds; the word still moved, so the wake happens. What remains is a window of a few instructions
+(a reader's add read before the worker's last look, written after it, with an unchanged sum) in
+which a reader's announcement can go unseen: it then sleeps until its timeout, the same bound as a
+lost doorbell. A reader killed at any instruction leaves at most one spurious wake behind.
 """
 
 from __future__ import annotations
@@ -60,7 +70,7 @@ from typing import NamedTuple
 from shmbroker.errors import BrokenError
 from shmbroker.ring import futex
 from shmbroker.ring.block import SharedBlock, new_name
-from shmbroker.ring.doorbell import FLAG, Bell, Doorbell, WakeFlag
+from shmbroker.ring.doorbell import FLAG, Bell, Doorbell, WakeFlag, full_fence
 from shmbroker.ring.layout import CACHE_LINE, get_name, put_ascii
 
 
@@ -109,6 +119,7 @@ SNAPSHOT_OFFSET = SEQ_OFFSET + SEQ.size
 SLEEPING_OFFSET = 4 * CACHE_LINE  # its own cache line: producers poll it on every notify
 ISR_OFFSET = 5 * CACHE_LINE  # isr_seq, isr_followers, isr_min_leo as native u64/i64 items
 EVENTS_OFFSET = 6 * CACHE_LINE  # its own cache line: readers load it on every wait
+ANNOUNCE_OFFSET = EVENTS_OFFSET + 4  # the readers' wait announcements, next to the counter they wait on
 CONTROL_BYTES = 7 * CACHE_LINE
 EVENTS_MASK = 0xFFFFFFFF
 READ_DEADLINE_S = 0.05  # a writer preempted mid-update on a busy 2-core host keeps seq odd for ~1 ms
@@ -173,6 +184,8 @@ class ControlWriter:
         # Counted on from what a predecessor left: a reader holding an old value then wakes at once.
         self._events = region[EVENTS_OFFSET : EVENTS_OFFSET + 4].cast("I")
         self._events_address = futex.address_of(region, EVENTS_OFFSET)
+        self._announced = region[ANNOUNCE_OFFSET : ANNOUNCE_OFFSET + 4].cast("I")
+        self._announced_at_wake = -1  # the first turn wakes whoever a predecessor left asleep
         self._owned: tuple[SharedBlock, Doorbell] | None = None
         self.publish(self.current)  # our pid and STARTING, visible at once
 
@@ -204,11 +217,17 @@ class ControlWriter:
         self._seq = seq + 2
         self.current = snapshot
 
-    def wake_readers(self) -> None:
-        """After a turn that published or completed something: bump the event counter, wake every
-        reader asleep on it (one futex syscall, ~2 us, whether or not anyone sleeps)."""
+    def wake_readers(self) -> bool:
+        """After a turn that published or completed something: bump the event counter and wake every
+        reader asleep on it, if a reader announced a wait since the last wake. True if it woke."""
         self._events[0] = (self._events[0] + 1) & EVENTS_MASK  # after the data: x86 keeps stores in order
+        full_fence()  # the counter's store before the announcement's load (the module docstring)
+        announced = self._announced[0]
+        if announced == self._announced_at_wake:
+            return False
+        self._announced_at_wake = announced
         futex.wake(self._events_address)
+        return True
 
     def isr_cells(self) -> IsrCells:
         """The worker's view of the in-sync cells (the replicator writes them)."""
@@ -261,6 +280,7 @@ class ControlWriter:
     def close(self) -> None:
         self.wake_flag.close()
         self._events.release()
+        self._announced.release()
         self._seq_cell.release()
         self._buf.release()
         if self._owned:
@@ -278,6 +298,7 @@ class ControlReader:
         self._seq_cell = seq_cell(region)
         self._events = region[EVENTS_OFFSET : EVENTS_OFFSET + 4].cast("I")
         self.events_address = futex.address_of(region, EVENTS_OFFSET)
+        self._announce = region[ANNOUNCE_OFFSET : ANNOUNCE_OFFSET + 4].cast("I")
         self._block: SharedBlock | None = None
         self._last_offsets: tuple[int, int] | None = None
 
@@ -335,7 +356,10 @@ class ControlReader:
         return bool(FLAG.unpack_from(self._buf, SLEEPING_OFFSET)[0])
 
     def events(self) -> int:
-        """The readers' event counter: load it *before* looking for new data, then ``wait_event``."""
+        """The readers' event counter, with a wait announced: call it *before* looking for new data,
+        then ``wait_event`` (or futex-wait on ``events_address``) if there was none."""
+        self._announce[0] = (self._announce[0] + 1) & EVENTS_MASK
+        full_fence()  # the announcement's store before the counter's load (the module docstring)
         return int(self._events[0])
 
     def wait_event(self, seen: int, timeout_s: float) -> bool:
@@ -345,6 +369,7 @@ class ControlReader:
 
     def close(self) -> None:
         self._events.release()
+        self._announce.release()
         self._seq_cell.release()
         self._buf.release()
         if self._block is not None:

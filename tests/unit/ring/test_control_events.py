@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from shmbroker.ring import futex
-from shmbroker.ring.control import CONTROL_BYTES, EVENTS_OFFSET, ControlReader, ControlWriter, create_control
+from shmbroker.ring.control import (
+    ANNOUNCE_OFFSET,
+    CONTROL_BYTES,
+    EVENTS_OFFSET,
+    ControlReader,
+    ControlWriter,
+    create_control,
+)
 
 pytestmark = pytest.mark.skipif(not futex.available(), reason="no futex syscall on this platform")
 DEADLINE_S = 10.0
@@ -136,3 +143,33 @@ def test_the_counter_wraps_at_32_bits(control: str) -> None:
 def test_the_counter_has_its_own_cache_line() -> None:
     assert EVENTS_OFFSET % 64 == 0
     assert EVENTS_OFFSET + 64 == CONTROL_BYTES
+    assert EVENTS_OFFSET < ANNOUNCE_OFFSET < CONTROL_BYTES  # beside it: a reader touches one line
+
+
+def test_the_wake_syscall_is_made_only_after_a_reader_announced_a_wait(control: str) -> None:
+    writer = ControlWriter.attach(control)
+    reader = ControlReader.attach(control)
+    try:
+        assert writer.wake_readers()  # the first turn wakes whoever a predecessor left asleep
+        assert not writer.wake_readers()  # nobody announced since: the counter moves, no syscall
+        seen = reader.events()  # announces a wait
+        assert writer.wake_readers()
+        assert reader.wait_event(seen, 0.0)  # moved: the reader would have been woken
+        assert not writer.wake_readers()
+        assert reader.events() != seen  # every turn still moves the counter
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_a_sleeper_that_announced_after_a_skipped_wake_is_still_woken(control: str) -> None:
+    writer = ControlWriter.attach(control)
+    try:
+        writer.wake_readers()
+        writer.wake_readers()  # skipped: nobody waits
+        sleeper = _Sleeper(control, timeout_s=30.0)  # events() announces, then it sleeps
+        assert writer.wake_readers()
+        woken, slept_s, moved = sleeper.result()
+        assert woken and moved and slept_s < DEADLINE_S
+    finally:
+        writer.close()
