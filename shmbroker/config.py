@@ -111,6 +111,9 @@ class BrokerConfig:
     curve_secret_key_file: str = ""  # listener.curve.secret.key.file: the broker's .key_secret
     curve_allowed_keys_dir: str = ""  # listener.curve.allowed.keys.dir: client public keys (*.key)
     cpu_affinity: bool = False  # pin partition workers round-robin over the cores
+    # shm.worker.spin.us: how long a partition worker keeps looking (yielding the core to anyone
+    # runnable) after its last batch before it sleeps on its doorbell; 0 = sleep at once.
+    worker_spin_us: int = 200
     restart_backoff_ms: int = 200  # first restart delay; doubles per crash up to 5 s
     max_restarts: int = 5  # crashes within restart_window_ms before the supervisor gives up on a child
     restart_window_ms: int = 60_000
@@ -136,6 +139,7 @@ BROKER_KEYS: dict[str, tuple[str, type]] = {
     "listener.curve.secret.key.file": ("curve_secret_key_file", str),
     "listener.curve.allowed.keys.dir": ("curve_allowed_keys_dir", str),
     "cpu.affinity": ("cpu_affinity", bool),
+    "shm.worker.spin.us": ("worker_spin_us", int),
     "restart.backoff.ms": ("restart_backoff_ms", int),
     "max.restarts": ("max_restarts", int),
     "replication.role": ("replication_role", str),
@@ -189,4 +193,6 @@ def load_broker_config(
             f"max.connections={config.max_connections} and connections.max.idle.ms="
             f"{config.connections_max_idle_ms} must both be at least 1"
         )
+    if not 0 <= config.worker_spin_us <= 1_000_000:
+        raise InvalidConfigError(f"shm.worker.spin.us={config.worker_spin_us}: 0 to 1000000 (one second)")
     return config

@@ -105,7 +105,7 @@ class LaneTransport:
         return [(c.sequence, c.base_offset, _error(c.error_code), c.log_append_time_ms) for c in done]
 
     def wait(self, timeout_s: float) -> None:
-        self._early = self._lane.wait_completions(timeout_s)
+        self._early = self._lane.wait_completions(timeout_s, spin_s=self._factory.poll_spin_s)
 
     def forget(self, sequence: int) -> None:
         pass
@@ -227,9 +227,10 @@ class RemoteTransport:
 
 
 class TransportFactory:
-    def __init__(self, common: CommonConfig, *, idempotent: bool = False) -> None:
+    def __init__(self, common: CommonConfig, *, idempotent: bool = False, poll_spin_s: float = 0.0) -> None:
         self.common = common
         self.idempotent = idempotent  # a Producer's enable.idempotence (remote path only)
+        self.poll_spin_s = poll_spin_s  # shmbroker.poll.spin.us: a lane's wait for completions spins first
         self._producer_id: int | None = None  # one per producer, asked of the broker once
         self.protocol_revision = 1  # what the broker speaks (net/protocol.py), from its metadata
         self.connection = Connection.for_config(common)

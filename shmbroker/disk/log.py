@@ -42,6 +42,8 @@ from shmbroker.disk.segment import Segment
 from shmbroker.errors import BrokerError, ClosedError, CorruptRecordError, OffsetOutOfRangeError
 from shmbroker.records import BatchHeader
 
+_NEW = tuple.__new__  # a NamedTuple from its fields in order, without _make or _replace (hot path)
+
 # Recovery must not cut batches that were legal when written: max.message.bytes may have been
 # lowered since. Garbage lengths cannot hurt, since a batch must also fit in the file.
 RECOVERY_MAX_BATCH_BYTES = 2**31 - 1
@@ -333,12 +335,14 @@ class Log:
         for view, header in zip(views, headers, strict=True):
             if stamp:
                 records.stamp(view, base_offset=offset, leader_epoch=leader_epoch)
-                header = header._replace(base_offset=offset, partition_leader_epoch=leader_epoch)
+                # header._replace(base_offset=offset, partition_leader_epoch=leader_epoch), built directly
+                header = _NEW(BatchHeader, (offset, header[1], leader_epoch, *header[3:]))
                 if self._log_append_time:
                     records.set_log_append_time(view, now_ms)
                     header = header._replace(max_timestamp_ms=now_ms)
             active = self._segments[-1]
-            pending = group_bytes + header.size_bytes
+            size_bytes = header.size_bytes
+            pending = group_bytes + size_bytes
             if group_headers and not active.can_take(pending, header.last_offset, segment_bytes, alone=False):
                 written, error = self._write(group_views, group_headers, append_time, now_ms, verify)
                 infos.extend(written)
@@ -350,7 +354,7 @@ class Log:
                 self.roll(now_ms)
             group_views.append(view)
             group_headers.append(header)
-            group_bytes += header.size_bytes
+            group_bytes += size_bytes
             offset = header.next_offset
         written, error = self._write(group_views, group_headers, append_time, now_ms, verify)
         infos.extend(written)
@@ -359,7 +363,8 @@ class Log:
     def _appended(
         self, infos: list[AppendInfo], error: CorruptRecordError | None, now_ms: int
     ) -> tuple[list[AppendInfo], CorruptRecordError | None]:
-        self._unflushed_messages += sum(info.records_count for info in infos)
+        for info in infos:
+            self._unflushed_messages += info.records_count
         self.maybe_flush(now_ms)
         return infos, error
 
@@ -385,7 +390,7 @@ class Log:
         if self._active_since_ms is None and positions:
             self._active_since_ms = now_ms
         return [
-            AppendInfo(h.base_offset, h.last_offset, p, append_time, h.records_count)
+            _NEW(AppendInfo, (h[0], h[0] + h[6], p, append_time, h[12]))  # base, last, position, time, count
             for p, h in zip(positions, headers, strict=False)
         ], error
 

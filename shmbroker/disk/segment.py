@@ -77,10 +77,12 @@ VERIFY_BY_PREAD_BYTES = 64 << 10
 WRITE_CALL_BYTES = 128 << 10
 
 
-def pwritev_all(fd: int, views: Sequence[memoryview], position: int) -> None:
-    """Write every byte of ``views`` at ``position``: one pwritev when it is small, else calls of at
-    most WRITE_CALL_BYTES ending on multiples of it (see there); loops over short writes."""
-    total = sum(len(view) for view in views)
+def pwritev_all(fd: int, views: Sequence[memoryview], position: int, total: int | None = None) -> None:
+    """Write every byte of ``views`` (``total`` bytes, if the caller knows) at ``position``: one
+    pwritev when it is small, else calls of at most WRITE_CALL_BYTES ending on multiples of it (see
+    there); loops over short writes."""
+    if total is None:
+        total = sum(map(len, views))
     if total <= WRITE_CALL_BYTES and len(views) <= IOV_MAX:
         if os.pwritev(fd, views, position) != total:  # short (rare): again, looping; same bytes, same place
             _pwritev_whole(fd, list(views), position)
@@ -136,6 +138,7 @@ class Segment:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self.file_bytes = os.fstat(self._fd).st_size  # the file's length, >= size_bytes
         self.size_bytes = self.file_bytes  # the logical end, set right by load() or recover()
+        self.size_bytes_written = self.size_bytes  # where the last _write ended (append_verified reads it)
         self.index = OffsetIndex(
             directory / segment_name(base_offset, INDEX_SUFFIX), max_entries=index_max_entries
         )
@@ -259,32 +262,37 @@ class Segment:
         caller checked and stamped. Returns the positions of the batches appended, a prefix of them,
         and the error of the first whose stored bytes failed the check (None if none did)."""
         start = self._write(views, headers)
-        bad = self._first_bad_stored(start, headers)
+        end = self.size_bytes_written
+        bad = self._first_bad_stored(start, headers, end)
         if bad is None:
             return self._commit(start, headers), None
         index, error = bad
         positions = self._commit(start, headers[:index]) if index else []
-        self._zero(self.size_bytes, start + sum(h.size_bytes for h in headers))
+        self._zero(self.size_bytes, end)
         return positions, error
 
     def _write(self, views: Sequence[memoryview], headers: Sequence[BatchHeader]) -> int:
+        """pwritev the batches at the end of the data; returns where they start. ``size_bytes_written``
+        is then where they end (``size_bytes`` moves only at the commit)."""
         start = self.size_bytes
-        end = start + sum(header.size_bytes for header in headers)
+        end = start
+        for header in headers:
+            end += header.size_bytes
+        self.size_bytes_written = end
         if end > self.file_bytes and self._reserve_limit_bytes and RESERVE_AHEAD_BYTES:
             self._reserve(end)
         try:
-            pwritev_all(self._fd, views, start)
+            pwritev_all(self._fd, views, start, end - start)
         except OSError as exc:  # ENOSPC, EIO: nothing counts as written; the next pwritev overwrites
             raise KafkaStorageError(f"write to {self.path} at {start} failed: {exc}") from exc
         self.file_bytes = max(self.file_bytes, end)
         return start
 
     def _first_bad_stored(
-        self, start: int, headers: Sequence[BatchHeader]
+        self, start: int, headers: Sequence[BatchHeader], end: int
     ) -> tuple[int, CorruptRecordError] | None:
-        """The first batch written at ``start`` whose stored header is not ``headers[i]`` or whose
-        stored CRC does not match its stored bytes, with the reason; None when every one is sound."""
-        end = start + sum(header.size_bytes for header in headers)
+        """The first batch written at [``start``, ``end``) whose stored header is not ``headers[i]`` or
+        whose stored CRC does not match its stored bytes, with the reason; None when every one is sound."""
         if end == start:
             return None
         if end - start <= VERIFY_BY_PREAD_BYTES:

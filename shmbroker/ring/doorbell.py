@@ -30,6 +30,7 @@ Owning process: the sleeper writes the flag; any number of producers read it and
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
@@ -50,6 +51,18 @@ DEFAULT_SPIN_S = 0.0001
 FLAG = struct.Struct("<I")
 _DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 _FENCE = threading.Lock()
+
+
+def spin(ready: Callable[[], bool], spin_s: float) -> bool:
+    """Poll ``ready`` for ``spin_s``; True as soon as it is. Each miss yields the core (sched_yield):
+    on a host with fewer cores than busy processes the one we wait for may need this core to run."""
+    until = time.perf_counter() + spin_s
+    while True:
+        if ready():
+            return True
+        if time.perf_counter() >= until:
+            return False
+        os.sched_yield()
 
 
 def full_fence() -> None:
@@ -215,11 +228,8 @@ class WakeFlag:
 
         True if woken or ready, False on timeout (which may be a lost wakeup: check your rings).
         """
-        if spin_s > 0:
-            spin_until = time.perf_counter() + spin_s
-            while time.perf_counter() < spin_until:
-                if ready():
-                    return True
+        if spin_s > 0 and spin(ready, spin_s):
+            return True
         self._episode = self._episode % 0xFFFFFFFF + 1
         self._cell[0] = self._episode
         full_fence()  # order the flag store before the loads ready() makes

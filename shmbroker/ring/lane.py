@@ -53,6 +53,7 @@ from shmbroker.ring.doorbell import (
     SocketBell,
     WakeFlag,
     socket_bell_address,
+    spin,
 )
 from shmbroker.ring.layout import CACHE_LINE, get_name, init_ring, put_ascii, ring_bytes
 from shmbroker.ring.ring import FrameType, RingReader, RingWriter
@@ -263,8 +264,10 @@ class LaneProducer:
         """Completions, sleeping on the doorbell until some arrive or ``timeout_s`` passes ([] then).
 
         Each sleep lasts at most ``max_sleep_s``, which caps a wakeup lost to store->load reordering.
-        ``spin_s`` polls first; it defaults to 0 because on a busy 2-vCPU host a spinning producer
-        took the CPU its worker needed and the round trip went from ~95 us to ~390 us (p50).
+        ``spin_s`` polls first (doorbell.spin, which yields the core between looks: an earlier spin
+        without the yield took the CPU its worker needed on a busy 2-vCPU host, round trip p50 ~95
+        -> ~390 us). A wait no longer than ``spin_s`` is spun whole: a timed sleep that short
+        overshoots by the kernel's timer slack (50 us).
         """
         deadline = time.monotonic() + timeout_s
         while True:
@@ -274,7 +277,10 @@ class LaneProducer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            self._waiting.sleep(self._completions.ready, min(remaining, max_sleep_s), spin_s=spin_s)
+            if remaining <= spin_s:
+                spin(self._completions.ready, remaining)
+                continue
+            self._waiting.sleep(self._completions.ready, min(remaining - spin_s, max_sleep_s), spin_s=spin_s)
 
     def announce_wait(self) -> bool:
         """Announce a wait for completions that happens elsewhere (a poll on the lane's socket bell,

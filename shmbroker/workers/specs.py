@@ -21,6 +21,7 @@ class WorkerSpec:
     log_config: LogConfig
     control_name: str  # the control block; its doorbell semaphore has the same name
     cpu: int | None = None
+    spin_s: float = 0.0  # shm.worker.spin.us: keep looking this long after the last batch, then sleep
     leader_epoch: int = 0  # stamped in every batch (partitionLeaderEpoch); promote bumps it
 
 

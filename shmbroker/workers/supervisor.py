@@ -211,6 +211,7 @@ class Supervisor:
             log_config=spec.log_config(self.config.log),
             control_name=slot.control.name,
             cpu=cpu,
+            spin_s=self.config.worker_spin_us / 1e6,
             leader_epoch=self.node.epoch,
         )
         parent_end, child_end = self._ctx.Pipe()

@@ -90,3 +90,19 @@ def test_broker_config_keys_and_toml(tmp_path) -> None:
         load_broker_config(path)
     with pytest.raises(InvalidConfigError):
         log_config_from({"segment.bytes": "lots"})
+
+
+def test_spin_keys_take_microseconds_and_refuse_the_out_of_range(tmp_path) -> None:
+    assert ProducerConfig.from_dict({}).poll_spin_us == 100
+    assert ProducerConfig.from_dict({"shmbroker.poll.spin.us": "0"}).poll_spin_us == 0
+    for bad in (-1, 2_000_000, "soon"):
+        with pytest.raises(KafkaException) as info:
+            ProducerConfig.from_dict({"shmbroker.poll.spin.us": bad})
+        assert info.value.args[0].code() == KafkaError._INVALID_ARG
+    path = tmp_path / "b.toml"
+    assert load_broker_config().worker_spin_us == 200
+    path.write_text('[broker]\n"shm.worker.spin.us" = 0\n')
+    assert load_broker_config(path).worker_spin_us == 0
+    path.write_text('[broker]\n"shm.worker.spin.us" = -3\n')
+    with pytest.raises(InvalidConfigError, match=r"shm\.worker\.spin\.us"):
+        load_broker_config(path)

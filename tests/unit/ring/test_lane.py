@@ -160,6 +160,38 @@ def test_wait_completions_sleeps_until_the_worker_posts() -> None:
     assert [c.sequence for c in done] == [1]
 
 
+def test_wait_completions_spins_first_and_takes_a_completion_without_announcing_a_sleep() -> None:
+    region = new_lane()
+    bell = LocalBell()
+    producer = LaneProducer(region[:], completion_bell=bell)
+    worker = LaneWorker(region[:], completion_bell=bell)
+    producer.try_send(b"x", sequence=1, acks=1)
+    slept: list[bool] = []
+
+    def answer() -> None:
+        time.sleep(0.05)  # well inside the producer's 5-s spin
+        slept.append(worker.producer_waiting)
+        worker.drain(100)
+        worker.release()
+        worker.complete(1, 0)
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    done = producer.wait_completions(10, spin_s=5.0)
+    thread.join(5)
+    assert [c.sequence for c in done] == [1]
+    assert slept == [False]  # it was spinning: no sleep announced, so the worker rang nobody
+
+
+def test_a_wait_shorter_than_the_spin_is_spun_whole_and_ends_at_its_deadline() -> None:
+    region = new_lane()
+    producer = LaneProducer(region[:], completion_bell=LocalBell())
+    producer.try_send(b"x", sequence=1, acks=1)
+    started = time.monotonic()
+    assert producer.wait_completions(0.02, spin_s=5.0) == []
+    assert 0.02 <= time.monotonic() - started < 1.0  # not the 5-s spin: bounded by the wait
+
+
 def test_producer_rings_a_sleeping_worker() -> None:
     control = memoryview(bytearray(CONTROL_BYTES))
     init_control(control, partition_id=3, doorbell_name="/shmb-control")

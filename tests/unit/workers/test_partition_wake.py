@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shmbroker import records
 from shmbroker.config import LogConfig
 from shmbroker.ring import futex
 from shmbroker.ring.control import ControlReader, WorkerState, create_control
@@ -52,6 +53,58 @@ def test_a_turn_wakes_a_reader_long_before_its_timeout(tmp_path: Path) -> None:
             reader.wait_event(seen, SLEEP_S)
             assert time.monotonic() - started < SLEEP_S / 2, "the worker's turn did not wake the reader"
             _wait_for(lambda n=sequence + 1: reader.offsets()[1] == n, "new high watermark")  # type: ignore[misc]
+        ours.send(("stop",))
+        worker.join(DEADLINE_S)
+        assert worker.exitcode == 0
+    finally:
+        if producer is not None:
+            producer.close()
+        if worker.is_alive():
+            worker.kill()
+            worker.join(DEADLINE_S)
+        reader.close()
+        lane.close()
+        lane.unlink()
+        control.close()
+        control.unlink()
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["local-lane", "router-lane"])
+def test_the_worker_spins_after_a_local_batch_then_sleeps(tmp_path: Path, trusted: bool) -> None:
+    """shm.worker.spin.us: after a local producer's batch the worker keeps looking (its sleeping flag
+    stays down) for spin_s, then sleeps on its doorbell; after the router's batch it sleeps at once."""
+    spin_s = 0.5  # far above a turn and any scheduling delay on a loaded host
+    control_name, control = create_control(0)
+    lane_name, lane = create_lane(1 << 16, partition_id=0, control_name=control_name)
+    spec = WorkerSpec("t", 0, tmp_path / "t-0", LogConfig(), control_name, spin_s=spin_s)
+    ctx = mp.get_context("fork")
+    ours, theirs = ctx.Pipe()
+    worker = ctx.Process(target=partition.run, args=(spec, theirs), daemon=True)
+    reader = ControlReader.attach(control_name)
+    producer = None
+    try:
+        worker.start()
+        _wait_for(lambda: reader.read().state == WorkerState.READY, "READY worker")
+        ours.send(("attach", lane_name, 0, 0, trusted))
+        producer = LaneProducer.attach(lane_name)
+        _wait_for(lambda: reader.worker_sleeping, "sleeping idle worker")
+        batch = make_batch([b"v"])
+        if not trusted:  # a local lane's batch carries its producer id and the frame's sequence
+            batch = records.encode_values([b"v"], timestamp_ms=1, producer_id=0, base_sequence=0)
+        assert producer.try_send(batch, sequence=0, acks=1)
+        _wait_for(lambda: reader.offsets()[1] == 1, "appended batch")
+        appended = time.monotonic()
+        slept_within: list[float] = []
+        while time.monotonic() - appended < spin_s * 0.6:
+            if reader.worker_sleeping:
+                slept_within.append(time.monotonic() - appended)
+                break
+            time.sleep(0.001)
+        if trusted:
+            assert slept_within, "the worker spun after the router's batch"
+        else:
+            assert not slept_within, f"the worker slept {slept_within[0] * 1e3:.0f} ms after a local batch"
+            _wait_for(lambda: reader.worker_sleeping, "sleep after the spin")
         ours.send(("stop",))
         worker.join(DEADLINE_S)
         assert worker.exitcode == 0
