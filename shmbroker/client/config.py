@@ -130,9 +130,9 @@ class ProducerConfig:
     # enable.idempotence: remote batches carry a broker-issued producer id and per-partition batch
     # sequence, so a retry is appended once (net/protocol.py, revision 2). Lanes always deduplicate.
     enable_idempotence: bool = True
-    # shmbroker.poll.spin.us (ours): poll(timeout) and flush() on a local lane look for delivery
-    # reports this long, yielding the core, before they sleep on the lane's doorbell: an ack then
-    # costs no wake-up (30-80 us on a VM). 0 = sleep at once.
+    # shmbroker.poll.spin.us (ours): while a delivery callback waits, poll(timeout) and flush() on a
+    # local lane look for reports this long, yielding the core, before they sleep on the lane's
+    # doorbell: an ack then costs no wake-up (30-80 us on a VM). 0 = sleep at once.
     poll_spin_us: int = 100
 
     @classmethod

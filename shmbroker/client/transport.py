@@ -104,8 +104,10 @@ class LaneTransport:
         self._early = []
         return [(c.sequence, c.base_offset, _error(c.error_code), c.log_append_time_ms) for c in done]
 
-    def wait(self, timeout_s: float) -> None:
-        self._early = self._lane.wait_completions(timeout_s, spin_s=self._factory.poll_spin_s)
+    def wait(self, timeout_s: float, *, spin: bool = False) -> None:
+        """Wait for completions; with ``spin``, look for them shmbroker.poll.spin.us before sleeping."""
+        spin_s = self._factory.poll_spin_s if spin else 0.0
+        self._early = self._lane.wait_completions(timeout_s, spin_s=spin_s)
 
     def forget(self, sequence: int) -> None:
         pass
@@ -352,13 +354,15 @@ class TransportFactory:
                 owner.on_reply(reply)
                 handled += 1
 
-    def wait(self, timeout_s: float) -> None:
+    def wait(self, timeout_s: float, *, spin: bool = False) -> None:
+        """Until a completion may be there, at most ``timeout_s``; ``spin``: a delivery report is
+        awaited, so a single lane's wait spins first (LaneTransport.wait)."""
         if not self.local:
             self.pump(timeout_s)
             return
         lanes = [t for t in self.transports if isinstance(t, LaneTransport)]
         if len(lanes) == 1:
-            lanes[0].wait(timeout_s)
+            lanes[0].wait(timeout_s, spin=spin)
         else:  # several lanes: no single doorbell to sleep on; a short sleep bounds the latency
             time.sleep(min(timeout_s, 0.0002))
 

@@ -721,3 +721,25 @@ def test_crash_loop_gives_up_on_that_partition_only(broker: BrokerProcess) -> No
     assert producer.flush(10) == 0
     producer.close()
     assert "crashed" in "".join(broker.output)
+
+
+def test_the_producer_counts_the_delivery_reports_it_waits_for(broker: BrokerProcess) -> None:
+    """poll()/flush() spin for reports (shmbroker.poll.spin.us) only while a callback waits: the count
+    behind that rule must come back to 0 whichever way the records went in."""
+    create(broker, "reports")
+    reports: list[object] = []
+    producer = Producer({"bootstrap.servers": broker.address, "linger.ms": 50})
+    producer.produce("reports", b"slow path", partition=0, on_delivery=lambda err, msg: reports.append(msg))
+    for i in range(5):  # the open batch has room: produce()'s fast path
+        producer.produce(
+            "reports", b"fast %d" % i, partition=0, on_delivery=lambda err, msg: reports.append(msg)
+        )
+    producer.produce("reports", b"no callback", partition=0)
+    producer.produce_batch(
+        "reports", [b"a", b"b"], partition=0, on_delivery=lambda *batch: reports.append(batch)
+    )
+    producer.produce_batch("reports", [b"c"], partition=0)
+    assert producer._reports_waiting == 7  # six records with a callback, one batch with one
+    assert producer.flush(10) == 0
+    assert len(reports) == 7 and producer._reports_waiting == 0
+    producer.close()
