@@ -53,7 +53,7 @@ class FakeFactory:
     def pump(self, timeout_s: float) -> int:
         return 0
 
-    def wait(self, timeout_s: float) -> None:
+    def wait(self, timeout_s: float, *, spin: bool = False) -> None:
         pass
 
     def close(self) -> None:
