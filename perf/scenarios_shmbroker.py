@@ -491,7 +491,8 @@ def _register_latency(transport: str, rate: int, *, ack: bool) -> None:
     else:
         run.__doc__ = (
             f"Latency at {rate} records/s offered (100 B): produce() each due record with "
-            "linger.ms=0, poll(0); consumer poll(); latency = receive - scheduled send time."
+            "linger.ms=0, poll(0), then (local) wait in poll() until the next is due (remote: sleep); "
+            "consumer poll(); latency = receive - scheduled send time."
         )
     scenario(
         name,
