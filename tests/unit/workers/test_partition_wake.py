@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,10 +32,15 @@ def _wait_for(predicate: object, what: str) -> None:
         time.sleep(0.01)
 
 
-def test_a_turn_wakes_a_reader_long_before_its_timeout(tmp_path: Path) -> None:
+@contextmanager
+def _worker(
+    tmp_path: Path, *, trusted: bool, spin_s: float = 0.0
+) -> Iterator[tuple[ControlReader, LaneProducer]]:
+    """A real worker process with one lane attached (the router's if ``trusted``, else a local one
+    of producer id 0); stopped cleanly at the end (asserted), killed if the test failed first."""
     control_name, control = create_control(0)
     lane_name, lane = create_lane(1 << 16, partition_id=0, control_name=control_name)
-    spec = WorkerSpec("t", 0, tmp_path / "t-0", LogConfig(), control_name)
+    spec = WorkerSpec("t", 0, tmp_path / "t-0", LogConfig(), control_name, spin_s=spin_s)
     ctx = mp.get_context("fork")  # the worker body, as the supervisor's fork server runs it
     ours, theirs = ctx.Pipe()
     worker = ctx.Process(target=partition.run, args=(spec, theirs), daemon=True)
@@ -42,17 +49,9 @@ def test_a_turn_wakes_a_reader_long_before_its_timeout(tmp_path: Path) -> None:
     try:
         worker.start()
         _wait_for(lambda: reader.read().state == WorkerState.READY, "READY worker")
-        ours.send(("attach", lane_name, 7, 0, True))
+        ours.send(("attach", lane_name, 0, 0, trusted))
         producer = LaneProducer.attach(lane_name)
-        time.sleep(0.1)  # the worker attaches, finds nothing, and goes to sleep
-        for sequence in range(3):
-            seen = reader.events()
-            assert reader.offsets()[1] == sequence  # nothing new yet: a reader would sleep now
-            assert producer.try_send(make_batch([b"v"]), sequence=sequence, acks=1)
-            started = time.monotonic()
-            reader.wait_event(seen, SLEEP_S)
-            assert time.monotonic() - started < SLEEP_S / 2, "the worker's turn did not wake the reader"
-            _wait_for(lambda n=sequence + 1: reader.offsets()[1] == n, "new high watermark")  # type: ignore[misc]
+        yield reader, producer
         ours.send(("stop",))
         worker.join(DEADLINE_S)
         assert worker.exitcode == 0
@@ -69,24 +68,25 @@ def test_a_turn_wakes_a_reader_long_before_its_timeout(tmp_path: Path) -> None:
         control.unlink()
 
 
+def test_a_turn_wakes_a_reader_long_before_its_timeout(tmp_path: Path) -> None:
+    with _worker(tmp_path, trusted=True) as (reader, producer):
+        time.sleep(0.1)  # the worker attaches, finds nothing, and goes to sleep
+        for sequence in range(3):
+            seen = reader.events()
+            assert reader.offsets()[1] == sequence  # nothing new yet: a reader would sleep now
+            assert producer.try_send(make_batch([b"v"]), sequence=sequence, acks=1)
+            started = time.monotonic()
+            reader.wait_event(seen, SLEEP_S)
+            assert time.monotonic() - started < SLEEP_S / 2, "the worker's turn did not wake the reader"
+            _wait_for(lambda n=sequence + 1: reader.offsets()[1] == n, "new high watermark")  # type: ignore[misc]
+
+
 @pytest.mark.parametrize("trusted", [False, True], ids=["local-lane", "router-lane"])
 def test_the_worker_spins_after_a_local_batch_then_sleeps(tmp_path: Path, trusted: bool) -> None:
     """shm.worker.spin.us: after a local producer's batch the worker keeps looking (its sleeping flag
     stays down) for spin_s, then sleeps on its doorbell; after the router's batch it sleeps at once."""
     spin_s = 0.5  # far above a turn and any scheduling delay on a loaded host
-    control_name, control = create_control(0)
-    lane_name, lane = create_lane(1 << 16, partition_id=0, control_name=control_name)
-    spec = WorkerSpec("t", 0, tmp_path / "t-0", LogConfig(), control_name, spin_s=spin_s)
-    ctx = mp.get_context("fork")
-    ours, theirs = ctx.Pipe()
-    worker = ctx.Process(target=partition.run, args=(spec, theirs), daemon=True)
-    reader = ControlReader.attach(control_name)
-    producer = None
-    try:
-        worker.start()
-        _wait_for(lambda: reader.read().state == WorkerState.READY, "READY worker")
-        ours.send(("attach", lane_name, 0, 0, trusted))
-        producer = LaneProducer.attach(lane_name)
+    with _worker(tmp_path, trusted=trusted, spin_s=spin_s) as (reader, producer):
         _wait_for(lambda: reader.worker_sleeping, "sleeping idle worker")
         batch = make_batch([b"v"])
         if not trusted:  # a local lane's batch carries its producer id and the frame's sequence
@@ -105,17 +105,3 @@ def test_the_worker_spins_after_a_local_batch_then_sleeps(tmp_path: Path, truste
         else:
             assert not slept_within, f"the worker slept {slept_within[0] * 1e3:.0f} ms after a local batch"
             _wait_for(lambda: reader.worker_sleeping, "sleep after the spin")
-        ours.send(("stop",))
-        worker.join(DEADLINE_S)
-        assert worker.exitcode == 0
-    finally:
-        if producer is not None:
-            producer.close()
-        if worker.is_alive():
-            worker.kill()
-            worker.join(DEADLINE_S)
-        reader.close()
-        lane.close()
-        lane.unlink()
-        control.close()
-        control.unlink()
