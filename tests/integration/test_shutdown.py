@@ -33,9 +33,15 @@ def test_a_burst_of_sigterms_still_stops_the_broker_cleanly(tmp_path: Path, free
 
 def test_no_child_outlives_a_sigkilled_supervisor(tmp_path: Path, free_port: int) -> None:
     broker = BrokerProcess(tmp_path / "data", free_port).start()
-    children = broker.children()
-    titles = {" ".join(c.cmdline()) for c in children}
-    assert any("router" in t for t in titles) and any("coordinator" in t for t in titles)
+    # "ready" means every partition takes writes; a child may not have named itself for ps yet.
+    deadline = time.monotonic() + 10
+    while True:
+        children = broker.children()
+        titles = {" ".join(c.cmdline()) for c in children}
+        if any("router" in t for t in titles) and any("coordinator" in t for t in titles):
+            break
+        assert time.monotonic() < deadline, f"router and coordinator not both titled: {titles}"
+        time.sleep(0.05)
     os.kill(broker.pid, signal.SIGKILL)
     assert broker.process is not None
     broker.process.wait(5)
