@@ -41,6 +41,7 @@ from shmbroker.records import (
     BATCH_HEADER,
     CRC_START,
     HEADER_BYTES,
+    LOG_OVERHEAD,
     MIN_BATCH_LENGTH,
     BatchHeader,
     crc32c,
@@ -189,7 +190,7 @@ class Segment:
     def rebuild_indexes(self, scanned: records.ValidPrefix) -> None:
         """Index a verified run of batches (from ``records.scan_valid_columns``) from scratch.
 
-        Same entries as appending them one by one (``_index_batch``), built with numpy: recovery
+        Same entries as appending them one by one (``_commit``), built with numpy: recovery
         of small batches spent 40% of its time here when it went entry by entry."""
         self.index.truncate_entries(0)
         self.timeindex.truncate_entries(0)
@@ -215,7 +216,7 @@ class Segment:
         self.timeindex.persist()
 
     def _indexed_batches(self, positions: np.ndarray) -> np.ndarray:
-        """Which of these contiguous batches ``_index_batch`` would index: Kafka's rule makes batch j
+        """Which of these contiguous batches ``_commit`` would index: Kafka's rule makes batch j
         an entry when the bytes since the last entry (or the start), ``positions[j] - positions[k]``,
         exceed index_interval_bytes. ``after[k]`` is the first such j for each k, so only the chain
         of entries is walked in Python, not every batch."""
@@ -256,12 +257,13 @@ class Segment:
         return self._commit(start, headers)
 
     def append_verified(
-        self, views: Sequence[memoryview], headers: Sequence[BatchHeader]
+        self, views: Sequence[memoryview], headers: Sequence[BatchHeader], total_bytes: int | None = None
     ) -> tuple[list[int], CorruptRecordError | None]:
         """As ``append`` for batches someone else may still be writing to: ``headers`` are what the
         caller checked and stamped. Returns the positions of the batches appended, a prefix of them,
-        and the error of the first whose stored bytes failed the check (None if none did)."""
-        start = self._write(views, headers)
+        and the error of the first whose stored bytes failed the check (None if none did).
+        ``total_bytes``: their size together, if the caller knows."""
+        start = self._write(views, headers, total_bytes)
         end = self.size_bytes_written
         bad = self._first_bad_stored(start, headers, end)
         if bad is None:
@@ -271,13 +273,15 @@ class Segment:
         self._zero(self.size_bytes, end)
         return positions, error
 
-    def _write(self, views: Sequence[memoryview], headers: Sequence[BatchHeader]) -> int:
+    def _write(
+        self, views: Sequence[memoryview], headers: Sequence[BatchHeader], total_bytes: int | None = None
+    ) -> int:
         """pwritev the batches at the end of the data; returns where they start. ``size_bytes_written``
         is then where they end (``size_bytes`` moves only at the commit)."""
         start = self.size_bytes
-        end = start
-        for header in headers:
-            end += header.size_bytes
+        if total_bytes is None:
+            total_bytes = sum(header[1] for header in headers) + LOG_OVERHEAD * len(headers)
+        end = start + total_bytes
         self.size_bytes_written = end
         if end > self.file_bytes and self._reserve_limit_bytes and RESERVE_AHEAD_BYTES:
             self._reserve(end)
@@ -338,16 +342,31 @@ class Segment:
             raise KafkaStorageError(f"zeroing {self.path} at {start} failed: {exc}") from exc
 
     def _commit(self, start: int, headers: Sequence[BatchHeader]) -> list[int]:
-        """Index batches written at ``start`` and move the logical end past them."""
+        """Index batches written at ``start`` (Kafka's rule: an entry when more than
+        index_interval_bytes went by since the last one) and move the logical end past them."""
         positions = []
         position = start
+        since_entry, interval = self._bytes_since_index_entry, self._index_interval_bytes
+        max_timestamp_ms = self.max_timestamp_ms
         for header in headers:
             positions.append(position)
-            self._index_batch(position, header)
-            position += header.size_bytes
-        self.size_bytes = position
+            if header[8] > max_timestamp_ms:  # max_timestamp_ms
+                max_timestamp_ms = header[8]
+            if since_entry > interval:
+                relative = header[0] - self.base_offset
+                self.index.append(relative, position)
+                self.timeindex.maybe_append(max_timestamp_ms, relative)
+                since_entry = 0
+            size_bytes = header[1] + LOG_OVERHEAD
+            since_entry += size_bytes
+            position += size_bytes
         if headers:
+            if self.first_timestamp_ms is None:
+                self.first_timestamp_ms = headers[0][8]
             self.next_offset = headers[-1].next_offset
+        self.max_timestamp_ms = max_timestamp_ms
+        self._bytes_since_index_entry = since_entry
+        self.size_bytes = position
         self.index.persist()
         self.timeindex.persist()
         return positions
@@ -362,18 +381,6 @@ class Segment:
             self.file_bytes = os.fstat(self._fd).st_size  # a failed fallocate may have grown it
             return
         self.file_bytes = target
-
-    def _index_batch(self, position: int, header: BatchHeader) -> None:
-        """Kafka's rule: an entry when more than index_interval_bytes went by since the last one."""
-        if self.first_timestamp_ms is None:
-            self.first_timestamp_ms = header.max_timestamp_ms
-        self.max_timestamp_ms = max(self.max_timestamp_ms, header.max_timestamp_ms)
-        if self._bytes_since_index_entry > self._index_interval_bytes:
-            relative = header.base_offset - self.base_offset
-            self.index.append(relative, position)
-            self.timeindex.maybe_append(self.max_timestamp_ms, relative)
-            self._bytes_since_index_entry = 0
-        self._bytes_since_index_entry += header.size_bytes
 
     def truncate_at(self, position: int, next_offset: int) -> None:
         """Cut the log at a batch boundary and drop index entries for what was cut."""

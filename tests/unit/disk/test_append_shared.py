@@ -52,6 +52,42 @@ def test_sound_batches_append_like_append_many(tmp_path: Path) -> None:
     assert stored(tmp_path / "shared-0") == stored(tmp_path / "plain-0")
 
 
+def index_entries(log: Log) -> list[list[list[int]]]:
+    """Every column of every segment's offset and time index."""
+    return [
+        [
+            index.column(name).tolist()
+            for index in (segment.index, segment.timeindex)
+            for name in index.dtype.names
+        ]
+        for segment in log._segments
+    ]
+
+
+def test_drains_of_a_few_batches_roll_and_index_as_append_many_does(tmp_path: Path) -> None:
+    """The worker's usual drain (a few small batches that fit the active segment) takes a shorter
+    path than one that must roll; by size, by log.roll.ms or neither, the log comes out the same."""
+    config = small_config(roll_ms=50)
+    shared_log = Log.open(tmp_path / "shared-0", config, now_ms=0)
+    plain_log = Log.open(tmp_path / "plain-0", config, now_ms=0)
+    rng = random.Random(3)
+    now_ms = 0
+    for drain in range(120):
+        views = batches(rng.randint(1, 4), value_bytes=rng.choice([10, 100, 400]), seed=drain)
+        copies = [memoryview(bytearray(v)) for v in views]
+        now_ms += rng.choice([0, 1, 7, 30])
+        infos, error = shared_log.append_shared(views, headers_of(views), leader_epoch=2, now_ms=now_ms)
+        assert error is None
+        assert infos == plain_log.append_many(copies, leader_epoch=2, now_ms=now_ms)
+    assert len(shared_log.segments) > 5
+    assert [base for base, _path in shared_log.segments] == [base for base, _path in plain_log.segments]
+    assert index_entries(shared_log) == index_entries(plain_log)
+    assert sum(len(columns[0]) for columns in index_entries(shared_log)) > 10
+    shared_log.close()
+    plain_log.close()
+    assert stored(tmp_path / "shared-0") == stored(tmp_path / "plain-0")
+
+
 # 100-B values: the write is read back with one pread; 40-KB values: through an mmap.
 READ_BACK = pytest.mark.parametrize("value_bytes", [100, 40_000], ids=["pread", "mmap"])
 
