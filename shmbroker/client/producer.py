@@ -322,7 +322,12 @@ class Producer:
         return n
 
     def poll(self, timeout: float | None = None) -> int:
-        """Serve delivery callbacks; wait up to ``timeout`` seconds (None = forever) for one."""
+        """Serve delivery callbacks; wait up to ``timeout`` seconds (None or negative = forever) for one.
+
+        As in confluent-kafka, a finite timeout with nothing to report blocks for all of it, so a loop
+        of ``poll(1.0)`` does not spin. Forever with nothing undelivered returns 0 at once: librdkafka
+        would block for an error event, and this producer has no event but delivery reports.
+        """
         served = self._service()
         if served or not timeout:
             return served
@@ -333,6 +338,8 @@ class Producer:
             served = self._service()
             if served:
                 return served
+        if deadline is not None and (remaining_s := deadline - time.monotonic()) > 0:
+            time.sleep(remaining_s)  # nothing was undelivered: no report can come before the deadline
         return 0
 
     def flush(self, timeout: float | None = None) -> int:

@@ -743,3 +743,34 @@ def test_the_producer_counts_the_delivery_reports_it_waits_for(broker: BrokerPro
     assert producer.flush(10) == 0
     assert len(reports) == 7 and producer._reports_waiting == 0
     producer.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_poll_blocks_for_its_timeout_when_nothing_is_undelivered(
+    broker: BrokerProcess, transport: str
+) -> None:
+    """confluent-kafka's poll(timeout) waits the whole timeout when there is nothing to report: a loop
+    of poll(1.0) must not spin. With a report coming it returns as soon as that is served."""
+    create(broker, "idle-poll")
+    producer = Producer({"bootstrap.servers": broker.address, "shmbroker.transport": transport})
+    delivered: list[int] = []
+    try:
+        producer.produce("idle-poll", b"x", partition=0)
+        assert producer.flush(10) == 0  # the lane or connection is up; nothing is undelivered now
+        started = time.monotonic()
+        assert producer.poll(0.3) == 0
+        assert 0.29 <= time.monotonic() - started < 2.0
+        started = time.monotonic()
+        assert producer.poll(0) == 0
+        assert time.monotonic() - started < 0.1
+        producer.produce(
+            "idle-poll", b"y", partition=0, on_delivery=lambda err, msg: delivered.append(msg.offset())
+        )
+        started = time.monotonic()
+        served = 0
+        while not served and time.monotonic() - started < 10:
+            served = producer.poll(10)
+        assert served == 1 and delivered == [1]
+        assert time.monotonic() - started < 5  # returned on the report, not at the timeout
+    finally:
+        producer.close()
